@@ -1,0 +1,337 @@
+//! The engine: builds the pipeline from a config (inputs → filters → router → outputs), runs it,
+//! and shuts it down with Fluent Bit's `Grace` semantics.
+//!
+//! Shape: each input runs on its own thread and calls its [`Dispatcher`], which filters a batch,
+//! routes it by tag, charges the input's byte budget and hands one [`Delivery`] to each matching
+//! output's queue. Outputs run as tasks ([`crate::outputs::OutputRunner`]) and settle their
+//! claims; settlement flows back to the input (see [`ack`]) to commit source positions.
+//! Shutdown: stop reading → inputs emit what they hold → outputs drain their queues → inputs
+//! commit what was acknowledged; whatever is still unsettled when `Grace` ends is left
+//! uncommitted and is read again on the next start.
+
+pub mod ack;
+pub mod metrics;
+pub mod router;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{ConfigDocument, ConfigError, Props, Section, SectionKind};
+use crate::filters::Filter;
+use crate::inputs::{self, InputContext};
+use crate::outputs::{self, OutputPlugin, OutputRunner};
+use crate::parsers::ParserRegistry;
+use crate::record::Event;
+pub use ack::{Claim, MemBudget};
+use metrics::{FilterMetrics, HealthWindow, InputMetrics, OutputMetrics, Registry};
+use router::TagMatcher;
+
+/// Records that share a tag, as one input produced them.
+#[derive(Debug)]
+pub struct EventBatch {
+    pub tag: Arc<str>,
+    pub events: Vec<Event>,
+    /// Source bytes these records came from (input `bytes`, output `proc_bytes`).
+    pub raw_bytes: u64,
+}
+
+/// One output's copy of a batch.
+pub struct Delivery {
+    pub batch: Arc<EventBatch>,
+    pub claim: Claim,
+}
+
+struct OutputPort {
+    matcher: TagMatcher,
+    queue: mpsc::UnboundedSender<Delivery>,
+}
+
+struct FilterStage {
+    matcher: TagMatcher,
+    filter: Filter,
+    metrics: Arc<FilterMetrics>,
+}
+
+/// An input's handle on the rest of the pipeline.
+pub struct Dispatcher {
+    pub metrics: Arc<InputMetrics>,
+    pub budget: Arc<MemBudget>,
+    filters: Arc<Vec<FilterStage>>,
+    outputs: Arc<Vec<OutputPort>>,
+    routes: HashMap<Arc<str>, Vec<usize>>,
+}
+
+impl Dispatcher {
+    /// Filters, routes and queues `events`; `on_settled` runs once every output has them.
+    pub fn dispatch(&mut self, tag: &Arc<str>, mut events: Vec<Event>, raw_bytes: u64, on_settled: Box<dyn FnOnce() + Send>) {
+        self.metrics.records.add(events.len() as u64);
+        self.metrics.bytes.add(raw_bytes);
+        for stage in self.filters.iter() {
+            if !events.is_empty() && stage.matcher.matches(tag) {
+                stage.metrics.records.add(events.len() as u64);
+                let dropped = stage.filter.apply(&mut events);
+                stage.metrics.drop_records.add(dropped as u64);
+            }
+        }
+        let outputs = &self.outputs;
+        let route = self
+            .routes
+            .entry(tag.clone())
+            .or_insert_with(|| outputs.iter().enumerate().filter(|(_, o)| o.matcher.matches(tag)).map(|(i, _)| i).collect());
+        if events.is_empty() {
+            on_settled();
+            return;
+        }
+        let claims = Claim::split(route.len(), raw_bytes, &self.budget, on_settled);
+        let batch = Arc::new(EventBatch { tag: tag.clone(), events, raw_bytes });
+        for (claim, &i) in claims.into_iter().zip(route.iter()) {
+            // A closed queue means the output stopped (shutdown): the claim is dropped unsettled.
+            let _ = self.outputs[i].queue.send(Delivery { batch: batch.clone(), claim });
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.budget.is_full()
+    }
+}
+
+/// `[SERVICE]` options.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub flush: Duration,
+    pub grace: Duration,
+    pub log_level: String,
+    pub http_server: bool,
+    pub http_listen: String,
+    pub http_port: u16,
+    pub health_check: bool,
+    pub hc_errors_count: u64,
+    pub hc_retry_failure_count: u64,
+    pub hc_period: Duration,
+    pub storage_path: Option<String>,
+    pub backoff: outputs::Backoff,
+}
+
+impl ServiceConfig {
+    pub fn from_doc(doc: &ConfigDocument) -> Result<Self, ConfigError> {
+        let empty = Section { kind: SectionKind::Service, origin: crate::config::Origin { file: Arc::new("<default>".into()), line: 0 }, props: Vec::new() };
+        let merged = doc.of_kind(SectionKind::Service).fold(empty, |mut acc, s| {
+            acc.origin = s.origin.clone();
+            acc.props.extend(s.props.iter().cloned());
+            acc
+        });
+        let p = Props::new(&merged);
+        let grace = match p.prop("grace") {
+            Some(g) if g.value.trim() == "-1" => Duration::from_secs(u32::MAX as u64),
+            Some(g) => crate::config::units::parse_duration(&g.value).ok_or_else(|| ConfigError::key(g, "expected seconds or -1"))?,
+            None => Duration::from_secs(5),
+        };
+        let log_level = p.string_or("log_level", "info").to_ascii_lowercase();
+        if !["off", "error", "warn", "warning", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            let prop = p.prop("log_level").expect("set");
+            return Err(ConfigError::key(prop, "expected off, error, warn, info, debug or trace"));
+        }
+        let port_prop = p.prop("http_port");
+        let http_port = match port_prop {
+            Some(pp) => pp.value.trim().parse().map_err(|_| ConfigError::key(pp, "not a port number"))?,
+            None => 2020,
+        };
+        let cfg = ServiceConfig {
+            flush: p.duration("flush", Duration::from_secs(1))?,
+            grace,
+            log_level,
+            http_server: p.bool("http_server", false)?,
+            http_listen: p.string_or("http_listen", "0.0.0.0"),
+            http_port,
+            health_check: p.bool("health_check", false)?,
+            hc_errors_count: p.int("hc_errors_count", 5)?.max(0) as u64,
+            hc_retry_failure_count: p.int("hc_retry_failure_count", 5)?.max(0) as u64,
+            hc_period: Duration::from_secs(p.int("hc_period", 60)?.max(1) as u64),
+            storage_path: p.str("storage.path").map(str::to_string),
+            backoff: outputs::Backoff { base: p.int("scheduler.base", 5)?.max(1) as u64, cap: p.int("scheduler.cap", 2000)?.max(1) as u64 },
+        };
+        p.all("parsers_file");
+        p.accept(&["daemon", "log_file", "storage.sync", "storage.checksum", "storage.metrics", "storage.max_chunks_up", "storage.backlog.mem_limit", "hot_reload", "coro_stack_size"]);
+        p.finish("service")?;
+        Ok(cfg)
+    }
+}
+
+/// Overrides from the command line (Fluent Bit's `-f` etc.).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub flush: Option<Duration>,
+}
+
+/// A validated, ready-to-run pipeline.
+pub struct Pipeline {
+    pub service: ServiceConfig,
+    pub registry: Arc<Registry>,
+    inputs: Vec<inputs::Input>,
+    outputs: Vec<(OutputRunner, mpsc::UnboundedReceiver<Delivery>)>,
+    ports: Arc<Vec<OutputPort>>,
+    filters: Arc<Vec<FilterStage>>,
+    budgets: Vec<u64>,
+}
+
+fn plugin_name(p: &Props, kind: &str) -> Result<String, ConfigError> {
+    Ok(p.required("name").map_err(|e| ConfigError { message: format!("{kind} section: {}", e.message), ..e })?.value.to_ascii_lowercase())
+}
+
+impl Pipeline {
+    /// Validates everything (what `--dry-run` runs): plugin names, keys, values, regexes.
+    pub fn build(doc: &ConfigDocument, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut service = ServiceConfig::from_doc(doc)?;
+        if let Some(f) = overrides.flush {
+            service.flush = f;
+        }
+        let parsers = ParserRegistry::from_config(doc)?;
+        let health = Arc::new(HealthWindow::new(service.hc_errors_count, service.hc_retry_failure_count, service.hc_period));
+        let mut registry = Registry::new(health.clone(), service.health_check);
+
+        let input_sections: Vec<&Section> = doc.of_kind(SectionKind::Input).collect();
+        let output_sections: Vec<&Section> = doc.of_kind(SectionKind::Output).collect();
+        if input_sections.is_empty() {
+            return Err(ConfigError::plain("the configuration defines no [INPUT]"));
+        }
+        if output_sections.is_empty() {
+            return Err(ConfigError::plain("the configuration defines no [OUTPUT]"));
+        }
+        let auto_connect = input_sections.len() == 1 && output_sections.len() == 1;
+
+        let mut outputs = Vec::new();
+        let mut ports = Vec::new();
+        for (index, section) in output_sections.iter().enumerate() {
+            let p = Props::new(section);
+            let name = plugin_name(&p, "[OUTPUT]")?;
+            let matcher = match TagMatcher::from_props(&p)? {
+                Some(m) => m,
+                None if auto_connect => TagMatcher::everything(),
+                None => {
+                    tracing::warn!("{}: output '{name}' has no Match or Match_Regex: it receives nothing", section.origin);
+                    TagMatcher::never()
+                }
+            };
+            let alias = p.str("alias").map(str::to_string);
+            let retry_limit = outputs::parse_retry_limit(&p)?;
+            let plugin = OutputPlugin::build(&name, &p)?;
+            p.accept(&["log_level", "workers", "storage.total_limit_size", "net.connect_timeout", "net.keepalive", "tls", "tls.verify"]);
+            p.finish(&name)?;
+            let metrics = Arc::new(OutputMetrics { name: alias.unwrap_or_else(|| format!("{name}.{index}")), ..Default::default() });
+            registry.outputs.push(metrics.clone());
+            let (tx, rx) = mpsc::unbounded_channel();
+            ports.push(OutputPort { matcher, queue: tx });
+            outputs.push((OutputRunner { plugin, metrics, health: health.clone(), retry_limit, backoff: service.backoff }, rx));
+        }
+
+        let mut filters = Vec::new();
+        for (index, section) in doc.of_kind(SectionKind::Filter).enumerate() {
+            let p = Props::new(section);
+            let name = plugin_name(&p, "[FILTER]")?;
+            let matcher = TagMatcher::from_props(&p)?.unwrap_or_else(TagMatcher::never);
+            let alias = p.str("alias").map(str::to_string);
+            let filter = Filter::build(&name, &p)?;
+            p.accept(&["log_level"]);
+            p.finish(&name)?;
+            let metrics = Arc::new(FilterMetrics { name: alias.unwrap_or_else(|| format!("{name}.{index}")), ..Default::default() });
+            registry.filters.push(metrics.clone());
+            filters.push(FilterStage { matcher, filter, metrics });
+        }
+
+        let mut inputs = Vec::new();
+        let mut budgets = Vec::new();
+        for (index, section) in input_sections.iter().enumerate() {
+            let p = Props::new(section);
+            let name = plugin_name(&p, "[INPUT]")?;
+            let alias = p.str("alias").map(str::to_string);
+            let instance = alias.unwrap_or_else(|| format!("{name}.{index}"));
+            let (input, budget) = inputs::Input::build(&name, &instance, &p, &parsers, &service)?;
+            p.accept(&["log_level", "threaded", "storage.type", "storage.pause_on_chunks_overlimit", "routable"]);
+            p.finish(&name)?;
+            registry.inputs.push(input.metrics());
+            budgets.push(budget);
+            inputs.push(input);
+        }
+        Ok(Pipeline { service, registry: Arc::new(registry), inputs, outputs, ports: Arc::new(ports), filters: Arc::new(filters), budgets })
+    }
+
+    /// Runs until SIGTERM/SIGINT (or every input finished, e.g. `Exit_On_Eof`), then shuts down
+    /// within `Grace`.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Pipeline { service, registry, inputs, outputs, ports, filters, budgets } = self;
+        let (hard_stop_tx, hard_stop_rx) = watch::channel(false);
+        let mut output_tasks = Vec::new();
+        for (runner, rx) in outputs {
+            output_tasks.push(tokio::spawn(runner.run(rx, hard_stop_rx.clone())));
+        }
+        if service.http_server {
+            crate::http::spawn(&service, registry.clone()).await?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<String>();
+        let mut threads = Vec::new();
+        let input_count = inputs.len();
+        for (input, budget) in inputs.into_iter().zip(budgets) {
+            let dispatcher = Dispatcher {
+                metrics: input.metrics(),
+                budget: MemBudget::new(budget),
+                filters: filters.clone(),
+                outputs: ports.clone(),
+                routes: HashMap::new(),
+            };
+            let ctx = InputContext { dispatcher, stop: stop.clone(), flush: service.flush, grace: service.grace, runtime: tokio::runtime::Handle::current() };
+            let done = finished_tx.clone();
+            let name = input.metrics().name.clone();
+            threads.push(std::thread::Builder::new().name(name.clone()).spawn(move || {
+                if let Err(e) = input.run(ctx) {
+                    tracing::error!(input = %name, "input stopped with an error: {e:#}");
+                }
+                let _ = done.send(name);
+            })?);
+        }
+        drop(finished_tx);
+        drop(ports);
+
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut finished = 0;
+        let mut exit_on_eof = false;
+        while finished < input_count && !exit_on_eof {
+            tokio::select! {
+                _ = sigterm.recv() => { tracing::info!("SIGTERM received: stopping inputs, flushing within Grace {}s", service.grace.as_secs()); break; }
+                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received: stopping inputs, flushing within Grace {}s", service.grace.as_secs()); break; }
+                name = finished_rx.recv() => match name {
+                    Some(n) => { finished += 1; tracing::debug!(input = %n, "input finished"); exit_on_eof = true; }
+                    None => break,
+                }
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + service.grace;
+        let all_done = async {
+            for task in output_tasks {
+                let _ = task.await;
+            }
+        };
+        tokio::pin!(all_done);
+        // Inputs close their dispatchers when they stop; outputs then drain and exit.
+        if tokio::time::timeout_at(deadline, &mut all_done).await.is_err() {
+            tracing::warn!("Grace period expired with undelivered records: they stay uncommitted and are read again on restart");
+            let _ = hard_stop_tx.send(true);
+            all_done.await;
+        }
+        let join = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| { let _ = t.join(); }));
+        let _ = tokio::time::timeout(Duration::from_secs(10), join).await;
+        Ok(())
+    }
+}
+
+impl TagMatcher {
+    /// Matches no tag (a plugin without `Match`).
+    pub fn never() -> Self {
+        TagMatcher::from_parts(None, None)
+    }
+}

@@ -1,0 +1,154 @@
+//! The monitoring API on Fluent Bit's paths, so probes, dashboards and alerts keep working:
+//! `/`, `/api/v1/uptime`, `/api/v1/health`, `/api/v2/health`, `/api/v1/metrics`,
+//! `/api/v1/metrics/prometheus`, `/api/v2/metrics/prometheus` (Fluent Bit metric names, plus
+//! logferry's own `logferry_input_lag_bytes` and `logferry_input_files_tracked`).
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+
+use crate::engine::metrics::Registry;
+use crate::engine::ServiceConfig;
+
+pub async fn spawn(service: &ServiceConfig, registry: Arc<Registry>) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/", get(root))
+        .route("/api/v1/uptime", get(uptime))
+        .route("/api/v1/health", get(health_v1))
+        .route("/api/v2/health", get(health_v2))
+        .route("/api/v1/metrics", get(metrics_json))
+        .route("/api/v1/metrics/prometheus", get(prometheus))
+        .route("/api/v2/metrics/prometheus", get(prometheus))
+        .route("/api/v2/metrics", get(prometheus))
+        .with_state(registry);
+    let addr = format!("{}:{}", service.http_listen, service.http_port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("HTTP server: cannot listen on {addr}: {e}"))?;
+    tracing::info!("HTTP server listening on {addr}");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("HTTP server stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+async fn root() -> impl IntoResponse {
+    axum::Json(json!({
+        "fluent-bit": {"version": "5.1.1", "edition": "Community", "flags": []},
+        "logferry": {"version": env!("CARGO_PKG_VERSION")}
+    }))
+}
+
+async fn uptime(State(r): State<Arc<Registry>>) -> impl IntoResponse {
+    let secs = r.started.elapsed().as_secs();
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    axum::Json(json!({
+        "uptime_sec": secs,
+        "uptime_hr": format!("Fluent Bit has been running:  {d} day{}, {h} hour{}, {m} minute{} and {s} second{}",
+            if d == 1 { "" } else { "s" }, if h == 1 { "" } else { "s" }, if m == 1 { "" } else { "s" }, if s == 1 { "" } else { "s" })
+    }))
+}
+
+fn healthy(r: &Registry) -> bool {
+    !r.health_check || r.health.healthy()
+}
+
+async fn health_v1(State(r): State<Arc<Registry>>) -> Response {
+    if healthy(&r) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, "error\n").into_response()
+    }
+}
+
+async fn health_v2(State(r): State<Arc<Registry>>) -> Response {
+    let (errors, failures) = r.health.counts();
+    let ok = healthy(&r);
+    let body = json!({
+        "status": if ok { "ok" } else { "error" },
+        "errors": errors,
+        "retries_failed": failures,
+        "error_limit": r.health.errors_limit,
+        "retry_failure_limit": r.health.retry_failure_limit,
+        "period_limit": r.health.period.as_secs(),
+    });
+    (if ok { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR }, axum::Json(body)).into_response()
+}
+
+async fn metrics_json(State(r): State<Arc<Registry>>) -> impl IntoResponse {
+    let mut input = serde_json::Map::new();
+    for i in &r.inputs {
+        let mut m = json!({"records": i.records.get(), "bytes": i.bytes.get()});
+        if i.files_opened.get() > 0 || i.name.starts_with("tail") {
+            m["files_opened"] = json!(i.files_opened.get());
+            m["files_closed"] = json!(i.files_closed.get());
+            m["files_rotated"] = json!(i.files_rotated.get());
+        }
+        input.insert(i.name.clone(), m);
+    }
+    let mut filter = serde_json::Map::new();
+    for f in &r.filters {
+        filter.insert(f.name.clone(), json!({"drop_records": f.drop_records.get(), "add_records": f.added_records.get(), "records": f.records.get()}));
+    }
+    let mut output = serde_json::Map::new();
+    for o in &r.outputs {
+        output.insert(o.name.clone(), json!({
+            "proc_records": o.proc_records.get(), "proc_bytes": o.proc_bytes.get(), "errors": o.errors.get(),
+            "retries": o.retries.get(), "retries_failed": o.retries_failed.get(),
+            "dropped_records": o.dropped_records.get(), "retried_records": o.retried_records.get()
+        }));
+    }
+    axum::Json(json!({"input": input, "filter": filter, "output": output}))
+}
+
+async fn prometheus(State(r): State<Arc<Registry>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_prometheus(&r))
+}
+
+pub fn render_prometheus(r: &Registry) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, i64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (label, v) in rows {
+            let _ = writeln!(out, "{name}{{name=\"{label}\"}} {v}");
+        }
+    };
+    let ins = |f: &dyn Fn(&crate::engine::metrics::InputMetrics) -> i64| r.inputs.iter().map(|i| (i.name.clone(), f(i))).collect::<Vec<_>>();
+    family("fluentbit_input_records_total", "counter", "Number of input records.", ins(&|i| i.records.get() as i64));
+    family("fluentbit_input_bytes_total", "counter", "Number of input bytes.", ins(&|i| i.bytes.get() as i64));
+    family("fluentbit_input_ingestion_paused", "gauge", "Is the input paused or not?", ins(&|i| i.paused.get()));
+    let tails: Vec<_> = r.inputs.iter().filter(|i| i.files_opened.get() > 0 || i.name.starts_with("tail")).cloned().collect();
+    let tail_rows = |f: &dyn Fn(&crate::engine::metrics::InputMetrics) -> i64| tails.iter().map(|i| (i.name.clone(), f(i))).collect::<Vec<_>>();
+    family("fluentbit_input_files_opened_total", "counter", "Total number of opened files", tail_rows(&|i| i.files_opened.get() as i64));
+    family("fluentbit_input_files_closed_total", "counter", "Total number of closed files", tail_rows(&|i| i.files_closed.get() as i64));
+    family("fluentbit_input_files_rotated_total", "counter", "Total number of rotated files", tail_rows(&|i| i.files_rotated.get() as i64));
+    family("fluentbit_input_long_line_skipped_total", "counter", "Total number of skipped long lines", tail_rows(&|i| i.long_line_skipped.get() as i64));
+    family("fluentbit_input_long_line_truncated_total", "counter", "Total number of truncated long lines", tail_rows(&|i| i.long_line_truncated.get() as i64));
+    family("fluentbit_input_multiline_truncated_total", "counter", "Total number of truncated multiline records", tail_rows(&|i| i.multiline_truncated.get() as i64));
+    family("logferry_input_lag_bytes", "gauge", "Bytes in tracked files not read yet.", tail_rows(&|i| i.lag_bytes.get()));
+    family("logferry_input_files_tracked", "gauge", "Files currently followed.", tail_rows(&|i| i.files_tracked.get()));
+    let fil = |f: &dyn Fn(&crate::engine::metrics::FilterMetrics) -> i64| r.filters.iter().map(|i| (i.name.clone(), f(i))).collect::<Vec<_>>();
+    if !r.filters.is_empty() {
+        family("fluentbit_filter_records_total", "counter", "Total number of new records processed.", fil(&|f| f.records.get() as i64));
+        family("fluentbit_filter_drop_records_total", "counter", "Fluentbit metrics.", fil(&|f| f.drop_records.get() as i64));
+        family("fluentbit_filter_add_records_total", "counter", "Fluentbit metrics.", fil(&|f| f.added_records.get() as i64));
+    }
+    let outs = |f: &dyn Fn(&crate::engine::metrics::OutputMetrics) -> i64| r.outputs.iter().map(|o| (o.name.clone(), f(o))).collect::<Vec<_>>();
+    family("fluentbit_output_proc_records_total", "counter", "Number of processed output records.", outs(&|o| o.proc_records.get() as i64));
+    family("fluentbit_output_proc_bytes_total", "counter", "Number of processed output bytes.", outs(&|o| o.proc_bytes.get() as i64));
+    family("fluentbit_output_errors_total", "counter", "Number of output errors.", outs(&|o| o.errors.get() as i64));
+    family("fluentbit_output_retries_total", "counter", "Number of output retries.", outs(&|o| o.retries.get() as i64));
+    family("fluentbit_output_retries_failed_total", "counter", "Number of abandoned batches because the maximum number of re-tries was reached.", outs(&|o| o.retries_failed.get() as i64));
+    family("fluentbit_output_dropped_records_total", "counter", "Number of dropped records.", outs(&|o| o.dropped_records.get() as i64));
+    family("fluentbit_output_retried_records_total", "counter", "Number of retried records.", outs(&|o| o.retried_records.get() as i64));
+    let _ = writeln!(out, "# HELP fluentbit_uptime Number of seconds that Fluent Bit has been running.\n# TYPE fluentbit_uptime counter\nfluentbit_uptime {}", r.started.elapsed().as_secs());
+    let _ = writeln!(out, "# HELP fluentbit_process_start_time_seconds Start time of the process since unix epoch in seconds.\n# TYPE fluentbit_process_start_time_seconds gauge\nfluentbit_process_start_time_seconds {}", r.started_unix);
+    let _ = writeln!(out, "# HELP fluentbit_build_info Build version information.\n# TYPE fluentbit_build_info gauge\nfluentbit_build_info{{version=\"{}\",edition=\"logferry\"}} 1", env!("CARGO_PKG_VERSION"));
+    out
+}

@@ -1,0 +1,128 @@
+//! The `logferry` command: Fluent Bit's command-line flags → config → engine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use logferry::config::{units, ConfigDocument};
+use logferry::engine::{Overrides, Pipeline};
+
+#[derive(Parser, Debug)]
+#[command(name = "logferry", version, about = "A Fluent Bit-compatible log shipper that never loses a line")]
+struct Cli {
+    /// Configuration file (classic .conf, or .yaml/.yml).
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// Extra parsers file (may repeat).
+    #[arg(short = 'R', long = "parser")]
+    parsers: Vec<PathBuf>,
+    /// Change to this directory before reading the configuration.
+    #[arg(long = "workdir")]
+    workdir: Option<PathBuf>,
+    /// Validate the configuration and exit (0 valid, 1 invalid, with the reason).
+    #[arg(short = 'D', long = "dry-run")]
+    dry_run: bool,
+    /// Flush interval in seconds (overrides [SERVICE] Flush).
+    #[arg(short = 'f', long = "flush")]
+    flush: Option<String>,
+    /// Write logferry's own log to this file instead of stderr.
+    #[arg(short = 'l', long = "log_file", alias = "log-file")]
+    log_file: Option<PathBuf>,
+    /// Log level (overrides [SERVICE] Log_Level).
+    #[arg(long = "log_level", alias = "log-level")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(dir) = &cli.workdir {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            eprintln!("[error] cannot change to workdir '{}': {e}", dir.display());
+            return ExitCode::from(1);
+        }
+    }
+    let Some(config_path) = cli.config.clone() else {
+        eprintln!("[error] no configuration file: pass -c/--config FILE");
+        return ExitCode::from(1);
+    };
+    let mut doc = match ConfigDocument::load(&config_path) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("[error] configuration: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for p in &cli.parsers {
+        if let Err(e) = doc.load_parsers_file(p, None) {
+            eprintln!("[error] configuration: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let mut overrides = Overrides::default();
+    if let Some(f) = &cli.flush {
+        match units::parse_duration(f) {
+            Some(d) => overrides.flush = Some(d),
+            None => {
+                eprintln!("[error] -f/--flush: '{f}' is not a number of seconds");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let pipeline = match Pipeline::build(&doc, &overrides) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("[error] configuration: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let level = cli.log_level.clone().unwrap_or_else(|| pipeline.service.log_level.clone());
+    if let Err(e) = init_logging(&level, cli.log_file.as_deref()) {
+        eprintln!("[error] cannot open log file: {e}");
+        return ExitCode::from(1);
+    }
+    for w in &doc.warnings {
+        tracing::warn!("[env] {w}");
+    }
+    if cli.dry_run {
+        println!("configuration test is successful");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("[error] cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(config = %config_path.display(), "logferry {} starting", env!("CARGO_PKG_VERSION"));
+    match runtime.block_on(pipeline.run()) {
+        Ok(()) => {
+            tracing::info!("logferry stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(level: &str, file: Option<&std::path::Path>) -> std::io::Result<()> {
+    let filter = match level {
+        "off" => "off",
+        "error" => "error",
+        "warn" | "warning" => "warn",
+        "debug" => "debug",
+        "trace" => "trace",
+        _ => "info",
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(format!("logferry={filter}"))).with_target(false);
+    match file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}

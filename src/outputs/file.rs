@@ -1,0 +1,124 @@
+//! `file`: appends records to `Path`/`File` (default file name: the tag) in `out_file`, `plain`,
+//! `json_lines` or `template` format; `Mkdir` creates the directory.
+//!
+//! Invariant 1: a write is acknowledged only after every file touched by it was fsynced.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::format::{write_out_file_line, DateKey, Template};
+use crate::config::{ConfigError, Props};
+use crate::json::{self, DateFormat};
+use crate::record::Event;
+
+#[derive(Debug, Clone)]
+enum FileFormat {
+    OutFile,
+    Plain,
+    JsonLines(DateKey),
+    Template(Template),
+}
+
+pub struct FileOut {
+    dir: Option<PathBuf>,
+    file: Option<String>,
+    format: FileFormat,
+    mkdir: bool,
+    open: HashMap<PathBuf, File>,
+    buf: Vec<u8>,
+}
+
+impl FileOut {
+    pub fn from_props(p: &Props) -> Result<Self, ConfigError> {
+        let format = match p.prop("format") {
+            None => FileFormat::OutFile,
+            Some(f) => match f.value.to_ascii_lowercase().as_str() {
+                "out_file" => FileFormat::OutFile,
+                "plain" => FileFormat::Plain,
+                "json_lines" => FileFormat::JsonLines(DateKey::from_props(p, DateFormat::Double)?),
+                "template" => FileFormat::Template(Template::parse(&p.string_or("template", "{time} {message}"))),
+                other => return Err(ConfigError::key(f, format!("format '{other}' is not supported (out_file, plain, json_lines, template)"))),
+            },
+        };
+        Ok(FileOut {
+            dir: p.str("path").map(PathBuf::from),
+            file: p.str("file").map(str::to_string),
+            format,
+            mkdir: p.bool("mkdir", false)?,
+            open: HashMap::new(),
+            buf: Vec::with_capacity(1 << 20),
+        })
+    }
+
+    fn target(&self, tag: &str) -> PathBuf {
+        let name = self.file.clone().unwrap_or_else(|| tag.to_string());
+        match &self.dir {
+            Some(d) => d.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+
+    fn handle(&mut self, path: &PathBuf) -> std::io::Result<&mut File> {
+        if !self.open.contains_key(path) {
+            if self.mkdir {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+            }
+            let f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot open '{}': {e}", path.display()))
+            })?;
+            self.open.insert(path.clone(), f);
+        }
+        Ok(self.open.get_mut(path).expect("inserted above"))
+    }
+
+    pub fn write(&mut self, batches: &[(&str, &[Event])]) -> std::io::Result<()> {
+        let mut touched: Vec<PathBuf> = Vec::new();
+        let mut i = 0;
+        while i < batches.len() {
+            let path = self.target(batches[i].0);
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            // Consecutive batches with the same target go out in one write.
+            while i < batches.len() && self.target(batches[i].0) == path {
+                let (tag, events) = batches[i];
+                for e in events {
+                    match &self.format {
+                        FileFormat::OutFile => write_out_file_line(&mut buf, tag, e, true),
+                        FileFormat::Plain => {
+                            json::write_map(&mut buf, &e.record, None, true);
+                            buf.push(b'\n');
+                        }
+                        FileFormat::JsonLines(d) => {
+                            d.write_record(&mut buf, e, true);
+                            buf.push(b'\n');
+                        }
+                        FileFormat::Template(t) => t.write(&mut buf, e),
+                    }
+                }
+                i += 1;
+            }
+            let result = self.handle(&path).and_then(|f| f.write_all(&buf));
+            self.buf = buf;
+            if let Err(e) = result {
+                self.open.remove(&path);
+                return Err(e);
+            }
+            if !touched.contains(&path) {
+                touched.push(path);
+            }
+        }
+        for path in touched {
+            if let Some(f) = self.open.get(&path) {
+                if let Err(e) = f.sync_data() {
+                    self.open.remove(&path);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! Outputs and the runner that drives them: batching what is queued, retrying with Fluent Bit's
+//! full-jitter backoff (`scheduler.base`/`scheduler.cap`, `Retry_Limit`), and settling claims.
+//!
+//! Invariant 1: a claim is settled as delivered only after the plugin's `write` returned Ok (for
+//! `file`, after fsync). A batch that exhausts `Retry_Limit` is settled as dropped, counted in
+//! `retries_failed`/`dropped_records` and logged with Fluent Bit's "cannot be retried" line.
+//! Invariant 2: the runner blocks on a failing batch (no unbounded retry queue); the inputs'
+//! byte budgets then fill and reading pauses.
+
+pub mod file;
+pub mod format;
+pub mod stdout;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{ConfigError, Props};
+use crate::engine::metrics::{HealthWindow, OutputMetrics};
+use crate::engine::Delivery;
+use crate::record::Event;
+
+pub enum OutputPlugin {
+    Null,
+    Stdout(stdout::Stdout),
+    File(file::FileOut),
+}
+
+impl OutputPlugin {
+    pub fn build(name: &str, p: &Props) -> Result<Self, ConfigError> {
+        Ok(match name {
+            "null" => OutputPlugin::Null,
+            "stdout" => OutputPlugin::Stdout(stdout::Stdout::from_props(p)?),
+            "file" => OutputPlugin::File(file::FileOut::from_props(p)?),
+            other => {
+                let prop = p.prop("name").expect("name checked by the caller");
+                return Err(ConfigError::key(prop, format!("unknown output plugin '{other}' (null, stdout, file)")));
+            }
+        })
+    }
+
+    /// Writes every batch; Ok means the destination has them durably.
+    fn write(&mut self, batches: &[(&str, &[Event])]) -> std::io::Result<()> {
+        match self {
+            OutputPlugin::Null => Ok(()),
+            OutputPlugin::Stdout(s) => s.write(batches),
+            OutputPlugin::File(f) => f.write(batches),
+        }
+    }
+}
+
+/// `Retry_Limit`: a count, `no_limits`/`false`/`off` (unlimited) or `no_retries` (0).
+pub fn parse_retry_limit(p: &Props) -> Result<Option<u32>, ConfigError> {
+    let Some(prop) = p.prop("retry_limit") else { return Ok(Some(1)) };
+    match prop.value.to_ascii_lowercase().as_str() {
+        "no_limits" | "false" | "off" => Ok(None),
+        "no_retries" => Ok(Some(0)),
+        v => match v.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(Some(n as u32)),
+            Ok(_) => Ok(Some(1)),
+            Err(_) => Err(ConfigError::key(prop, "expected a number, no_limits or no_retries")),
+        },
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: u64,
+    pub cap: u64,
+}
+
+impl Backoff {
+    /// Full jitter: random in [base, min(cap, base·2^attempt)] seconds.
+    fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.base.saturating_mul(1u64 << attempt.min(30)).min(self.cap).max(self.base);
+        Duration::from_secs(rand::rng().random_range(self.base..=ceiling))
+    }
+}
+
+pub struct OutputRunner {
+    pub plugin: OutputPlugin,
+    pub metrics: Arc<OutputMetrics>,
+    pub health: Arc<HealthWindow>,
+    pub retry_limit: Option<u32>,
+    pub backoff: Backoff,
+}
+
+/// Upper bound on what one write gathers from the queue.
+const MAX_GATHER_RECORDS: usize = 200_000;
+
+impl OutputRunner {
+    /// Runs until the queue closes and is drained, or until `hard_stop` (Grace expired).
+    pub async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Delivery>, mut hard_stop: watch::Receiver<bool>) {
+        let name = self.metrics.name.clone();
+        loop {
+            let first = tokio::select! {
+                d = queue.recv() => match d { Some(d) => d, None => return },
+                _ = hard_stop.wait_for(|s| *s) => return,
+            };
+            let mut pending = vec![first];
+            let mut records = pending[0].batch.events.len();
+            while records < MAX_GATHER_RECORDS {
+                match queue.try_recv() {
+                    Ok(d) => {
+                        records += d.batch.events.len();
+                        pending.push(d);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let bytes: u64 = pending.iter().map(|d| d.batch.raw_bytes).sum();
+            let mut attempt = 0u32;
+            loop {
+                let views: Vec<(&str, &[Event])> = pending.iter().map(|d| (&*d.batch.tag, d.batch.events.as_slice())).collect();
+                let result = tokio::task::block_in_place(|| self.plugin.write(&views));
+                match result {
+                    Ok(()) => {
+                        self.metrics.proc_records.add(records as u64);
+                        self.metrics.proc_bytes.add(bytes);
+                        pending.into_iter().for_each(|d| d.claim.delivered());
+                        break;
+                    }
+                    Err(e) => {
+                        self.metrics.errors.add(1);
+                        self.health.error();
+                        if self.retry_limit.is_none_or(|limit| attempt < limit) {
+                            let wait = self.backoff.delay(attempt);
+                            attempt += 1;
+                            self.metrics.retries.add(1);
+                            self.metrics.retried_records.add(records as u64);
+                            tracing::warn!(output = %name, error = %e, "[engine] failed to flush {records} records, retry in {} seconds", wait.as_secs());
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = hard_stop.wait_for(|s| *s) => {
+                                    tracing::warn!(output = %name, "grace period over: {records} undelivered records stay unacknowledged and will be read again on restart");
+                                    return;
+                                }
+                            }
+                        } else {
+                            self.metrics.retries_failed.add(1);
+                            self.metrics.dropped_records.add(records as u64);
+                            self.health.retry_failure();
+                            tracing::error!(output = %name, error = %e, "[engine] {records} records cannot be retried (Retry_Limit reached): dropped");
+                            pending.into_iter().for_each(|d| d.claim.dropped());
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
