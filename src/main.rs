@@ -122,7 +122,7 @@ fn init_logging(level: &str, file: Option<&std::path::Path>) -> std::io::Result<
             let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
             builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).init(),
     }
     Ok(())
 }

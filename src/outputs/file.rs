@@ -1,7 +1,9 @@
 //! `file`: appends records to `Path`/`File` (default file name: the tag) in `out_file`, `plain`,
 //! `json_lines` or `template` format; `Mkdir` creates the directory.
 //!
-//! Invariant 1: a write is acknowledged only after every file touched by it was fsynced.
+//! Invariant 1: a write is acknowledged only after every file touched by it was fsynced. A crash
+//! mid-write can leave a torn last line; since it was never acknowledged it will be written
+//! again, so the torn tail is cut back to the last newline when the file is first opened.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -67,9 +69,10 @@ impl FileOut {
                     std::fs::create_dir_all(parent)?;
                 }
             }
-            let f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+            let f = OpenOptions::new().create(true).read(true).append(true).open(path).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot open '{}': {e}", path.display()))
             })?;
+            cut_torn_tail(&f, path)?;
             self.open.insert(path.clone(), f);
         }
         Ok(self.open.get_mut(path).expect("inserted above"))
@@ -120,5 +123,34 @@ impl FileOut {
             }
         }
         Ok(())
+    }
+}
+
+/// Truncates an unterminated last line (left by a crash mid-write) back to the last newline.
+fn cut_torn_tail(f: &File, path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    loop {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        f.read_exact_at(chunk, start)?;
+        if let Some(i) = memchr::memrchr(b'\n', chunk) {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                tracing::warn!(file = %path.display(), bytes = len - keep, "cutting an unterminated last line left by an interrupted write (its records are written again)");
+                f.set_len(keep)?;
+            }
+            return Ok(());
+        }
+        if start == 0 {
+            tracing::warn!(file = %path.display(), bytes = len, "file holds no complete line: cutting it (its records are written again)");
+            return f.set_len(0);
+        }
+        end = start;
     }
 }

@@ -43,6 +43,8 @@ pub struct TailedFile {
     pub id: FileId,
     pub db_row: Option<i64>,
     pub path: PathBuf,
+    /// The resolved path when opened (the target of a `/var/log/containers` symlink).
+    pub real_path: PathBuf,
     pub tag: Arc<str>,
     pub file: File,
     /// Offset of the next byte to read.

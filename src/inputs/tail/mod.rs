@@ -250,6 +250,9 @@ struct TailState {
     _watcher: Option<notify::RecommendedWatcher>,
     stats: LineStats,
     started: bool,
+    /// Recently closed files: a drained rotated file must not be picked up again.
+    closed: std::collections::VecDeque<FileId>,
+    last_scan: std::time::SystemTime,
 }
 
 impl TailState {
@@ -294,6 +297,8 @@ impl TailState {
             _watcher: watcher,
             stats: LineStats::default(),
             started: false,
+            closed: Default::default(),
+            last_scan: std::time::SystemTime::now(),
         };
         state.discover()?;
         state.recover_rotated_while_down()?;
@@ -347,6 +352,7 @@ impl TailState {
     /// Scans the patterns: opens new files, follows renames among matched names, marks files
     /// that are no longer matched as gone.
     fn discover(&mut self) -> anyhow::Result<()> {
+        let scan_started = std::time::SystemTime::now();
         let found = self.cfg.scan();
         let mut seen: Vec<FileId> = Vec::with_capacity(found.len());
         for (path, meta) in found {
@@ -383,6 +389,7 @@ impl TailState {
             let from_head = self.started || self.cfg.read_from_head || self.db.as_ref().is_some_and(|d| d.existed_before);
             self.open_file(path.clone(), path, file, &meta, stored, from_head)?;
         }
+        let mut rotated_dirs: Vec<(PathBuf, String, PathBuf)> = Vec::new();
         for f in self.files.values_mut() {
             if matches!(f.presence, Presence::Active) && !seen.contains(&f.id) {
                 f.presence = Presence::Gone { since: Instant::now() };
@@ -393,12 +400,48 @@ impl TailState {
                 if let (Some(db), Some(row), Some(real), false) = (&self.db, f.db_row, real, deleted) {
                     db.rename(row, &real.to_string_lossy())?;
                 }
+                if let (Some(dir), Some(base)) = (f.real_path.parent(), f.real_path.file_name()) {
+                    rotated_dirs.push((dir.to_path_buf(), format!("{}.", base.to_string_lossy()), f.path.clone()));
+                }
+            }
+        }
+        for (dir, prefix, logical) in rotated_dirs {
+            self.adopt_unseen_rotations(&dir, &prefix, &logical)?;
+        }
+        self.last_scan = scan_started;
+        Ok(())
+    }
+
+    /// A file can be created and rotated away between two scans (fast rotation): it was never
+    /// opened. When a rotation is seen, siblings named `<basename>.*` that changed since the
+    /// previous scan and are neither followed nor recently closed are read from their head.
+    fn adopt_unseen_rotations(&mut self, dir: &Path, prefix: &str, logical: &Path) -> anyhow::Result<()> {
+        let since = self.last_scan - Duration::from_secs(1);
+        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+        let mut candidates: Vec<(PathBuf, std::fs::Metadata)> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .filter_map(|e| std::fs::metadata(e.path()).ok().map(|m| (e.path(), m)))
+            .filter(|(_, m)| m.is_file())
+            .filter(|(_, m)| {
+                let changed = std::time::UNIX_EPOCH + Duration::new(std::os::unix::fs::MetadataExt::ctime(m).max(0) as u64, std::os::unix::fs::MetadataExt::ctime_nsec(m).max(0) as u32);
+                changed >= since
+            })
+            .filter(|(_, m)| !self.files.contains_key(&identity(m)) && !self.closed.contains(&identity(m)))
+            .collect();
+        candidates.sort_by_key(|(_, m)| std::os::unix::fs::MetadataExt::ctime_nsec(m) as i64 + std::os::unix::fs::MetadataExt::ctime(m) * 1_000_000_000);
+        for (path, meta) in candidates {
+            let file = std::fs::File::open(&path)?;
+            tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), "found a file rotated before it was opened: reading it from its start");
+            self.open_file(logical.to_path_buf(), path, file, &meta, None, true)?;
+            if let Some(f) = self.files.get_mut(&identity(&meta)) {
+                f.presence = Presence::Gone { since: Instant::now() };
             }
         }
         Ok(())
     }
 
-    fn open_file(&mut self, path: PathBuf, _real: PathBuf, mut file: std::fs::File, meta: &std::fs::Metadata, stored: Option<(i64, u64)>, from_head: bool) -> anyhow::Result<()> {
+    fn open_file(&mut self, path: PathBuf, real: PathBuf, mut file: std::fs::File, meta: &std::fs::Metadata, stored: Option<(i64, u64)>, from_head: bool) -> anyhow::Result<()> {
         use std::io::Seek;
         let id = identity(meta);
         let (db_row, offset) = match stored {
@@ -421,6 +464,7 @@ impl TailState {
             TailedFile {
                 id,
                 db_row,
+                real_path: std::fs::canonicalize(&real).unwrap_or(real),
                 path,
                 tag,
                 file,
@@ -502,6 +546,10 @@ impl TailState {
         for id in closable {
             let f = self.files.remove(&id).expect("listed");
             self.order.retain(|o| *o != id);
+            self.closed.push_back(id);
+            if self.closed.len() > 4096 {
+                self.closed.pop_front();
+            }
             if let (Some(db), Some(row)) = (&self.db, f.db_row) {
                 db.delete(row)?;
             }
@@ -536,7 +584,6 @@ impl TailState {
     fn main_loop(&mut self) -> anyhow::Result<()> {
         let mut last_scan = Instant::now();
         let mut last_housekeeping = Instant::now();
-        let mut last_persist = Instant::now();
         let mut rescan_requested = false;
         let mut turn = 0usize;
         loop {
@@ -553,10 +600,9 @@ impl TailState {
                 self.housekeeping()?;
                 last_housekeeping = Instant::now();
             }
-            if last_persist.elapsed() >= Duration::from_millis(200) {
-                self.persist_offsets()?;
-                last_persist = Instant::now();
-            }
+            // Acknowledged offsets go to the DB at once (one transaction per turn), so a crash
+            // repeats at most the batches still in flight.
+            self.persist_offsets()?;
             let full = self.ctx.as_ref().is_some_and(|c| c.dispatcher.is_full());
             self.cfg.metrics.paused.set(full as i64);
             let mut read_any = false;

@@ -1,0 +1,148 @@
+//! Helpers for integration tests: run the real `logferry` binary on a config in a temp dir,
+//! wait for conditions, read what outputs wrote, talk HTTP to the monitoring API.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(dir: &Path, config: &Path) -> Agent {
+        Self::start_with(dir, config, &[])
+    }
+
+    pub fn start_with(dir: &Path, config: &Path, extra: &[&str]) -> Agent {
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let log = dir.join(format!("agent-{n}.stderr"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_logferry"))
+            .arg("-c")
+            .arg(config)
+            .args(extra)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn logferry");
+        Agent { child, log }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit; panics (after killing) if it takes longer than `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if start.elapsed() > limit {
+                self.kill9();
+                panic!("logferry did not exit within {limit:?}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default()
+}
+
+pub fn count_lines(path: &Path) -> usize {
+    std::fs::read(path).map(|b| b.iter().filter(|c| **c == b'\n').count()).unwrap_or(0)
+}
+
+/// The `log` values of a JSON Lines file, in order.
+pub fn log_values(path: &Path) -> Vec<String> {
+    lines(path)
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"));
+            v["log"].as_str().unwrap_or_else(|| panic!("no log key in {l}")).to_string()
+        })
+        .collect()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A minimal HTTP/1.0 GET: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Appends `count` numbered lines `prefix-<n>` (n from `start`) to `path`.
+pub fn append_numbered(path: &Path, prefix: &str, start: usize, count: usize) {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut buf = String::new();
+    for n in start..start + count {
+        buf.push_str(&format!("{prefix}-{n:08} some padding text to make the line a realistic length\n"));
+    }
+    f.write_all(buf.as_bytes()).unwrap();
+}
+
+/// Asserts the `log` values hold every `prefix-<n>` for n in 0..count; returns duplicate count.
+pub fn assert_all_present(values: &[String], prefix: &str, count: usize) -> usize {
+    let mut seen = vec![0u32; count];
+    for v in values {
+        if let Some(rest) = v.strip_prefix(&format!("{prefix}-")) {
+            let n: usize = rest[..8].parse().unwrap();
+            if n < count {
+                seen[n] += 1;
+            }
+        }
+    }
+    let missing: Vec<usize> = seen.iter().enumerate().filter(|(_, c)| **c == 0).map(|(i, _)| i).collect();
+    assert!(missing.is_empty(), "{} of {count} lines missing, first: {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    seen.iter().map(|c| c.saturating_sub(1) as usize).sum()
+}
