@@ -124,6 +124,9 @@ fn push_section(doc: &mut ConfigDocument, locator: &mut LineLocator, kind: Secti
             Value::Sequence(items) if key == "rules" => items.iter().map(rule_text).collect::<Result<_, _>>().map_err(|m| ConfigError::at(&prop_origin, m))?,
             Value::Sequence(items) => items.iter().map(|i| scalar(i).ok_or_else(|| ConfigError::at(&prop_origin, format!("'{key}' items must be scalars")))).collect::<Result<_, _>>()?,
             Value::Mapping(_) if key == "processors" => return Err(ConfigError::at(&prop_origin, "processors are not supported")),
+            // Fluent Bit reads YAML scalars as text: `name: null` is the `null` plugin.
+            Value::Null if locator.line_has_value(&prop_origin, &key) => vec!["null".to_string()],
+            Value::Null => vec![String::new()],
             other => vec![scalar(other).ok_or_else(|| ConfigError::at(&prop_origin, format!("'{key}' must be a scalar")))?],
         };
         let key = if key == "rules" { "rule".to_string() } else { key };
@@ -185,6 +188,13 @@ impl LineLocator<'_> {
             self.cursor += offset + 1;
         }
         self.here()
+    }
+
+    /// Whether `key:` on the origin's line is followed by text (as opposed to an empty value).
+    fn line_has_value(&self, origin: &Origin, key: &str) -> bool {
+        let Some(line) = self.lines.get(origin.line.saturating_sub(1)) else { return false };
+        let t = line.trim_start().trim_start_matches("- ");
+        t.strip_prefix(key).and_then(|r| r.strip_prefix(':')).is_some_and(|v| !v.trim().is_empty())
     }
 
     fn here(&self) -> Origin {
