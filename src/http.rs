@@ -28,7 +28,9 @@ pub async fn spawn(service: &ServiceConfig, registry: Arc<Registry>) -> anyhow::
         .route("/api/v2/metrics", get(prometheus))
         .with_state(registry);
     let addr = format!("{}:{}", service.http_listen, service.http_port);
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("HTTP server: cannot listen on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("HTTP server: cannot listen on {addr}: {e}"))?;
     tracing::info!("HTTP server listening on {addr}");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -78,7 +80,15 @@ async fn health_v2(State(r): State<Arc<Registry>>) -> Response {
         "retry_failure_limit": r.health.retry_failure_limit,
         "period_limit": r.health.period.as_secs(),
     });
-    (if ok { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR }, axum::Json(body)).into_response()
+    (
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        },
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 async fn metrics_json(State(r): State<Arc<Registry>>) -> impl IntoResponse {
@@ -108,7 +118,10 @@ async fn metrics_json(State(r): State<Arc<Registry>>) -> impl IntoResponse {
 }
 
 async fn prometheus(State(r): State<Arc<Registry>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_prometheus(&r))
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_prometheus(&r),
+    )
 }
 
 pub fn render_prometheus(r: &Registry) -> String {
@@ -119,34 +132,164 @@ pub fn render_prometheus(r: &Registry) -> String {
             let _ = writeln!(out, "{name}{{name=\"{label}\"}} {v}");
         }
     };
-    let ins = |f: &dyn Fn(&crate::engine::metrics::InputMetrics) -> i64| r.inputs.iter().map(|i| (i.name.clone(), f(i))).collect::<Vec<_>>();
-    family("fluentbit_input_records_total", "counter", "Number of input records.", ins(&|i| i.records.get() as i64));
-    family("fluentbit_input_bytes_total", "counter", "Number of input bytes.", ins(&|i| i.bytes.get() as i64));
-    family("fluentbit_input_ingestion_paused", "gauge", "Is the input paused or not?", ins(&|i| i.paused.get()));
-    let tails: Vec<_> = r.inputs.iter().filter(|i| i.files_opened.get() > 0 || i.name.starts_with("tail")).cloned().collect();
-    let tail_rows = |f: &dyn Fn(&crate::engine::metrics::InputMetrics) -> i64| tails.iter().map(|i| (i.name.clone(), f(i))).collect::<Vec<_>>();
-    family("fluentbit_input_files_opened_total", "counter", "Total number of opened files", tail_rows(&|i| i.files_opened.get() as i64));
-    family("fluentbit_input_files_closed_total", "counter", "Total number of closed files", tail_rows(&|i| i.files_closed.get() as i64));
-    family("fluentbit_input_files_rotated_total", "counter", "Total number of rotated files", tail_rows(&|i| i.files_rotated.get() as i64));
-    family("fluentbit_input_long_line_skipped_total", "counter", "Total number of skipped long lines", tail_rows(&|i| i.long_line_skipped.get() as i64));
-    family("fluentbit_input_long_line_truncated_total", "counter", "Total number of truncated long lines", tail_rows(&|i| i.long_line_truncated.get() as i64));
-    family("fluentbit_input_multiline_truncated_total", "counter", "Total number of truncated multiline records", tail_rows(&|i| i.multiline_truncated.get() as i64));
-    family("logferry_input_lag_bytes", "gauge", "Bytes in tracked files not read yet.", tail_rows(&|i| i.lag_bytes.get()));
-    family("logferry_input_files_tracked", "gauge", "Files currently followed.", tail_rows(&|i| i.files_tracked.get()));
-    let fil = |f: &dyn Fn(&crate::engine::metrics::FilterMetrics) -> i64| r.filters.iter().map(|i| (i.name.clone(), f(i))).collect::<Vec<_>>();
+    let ins = |f: &dyn Fn(&crate::engine::metrics::InputMetrics) -> i64| {
+        r.inputs
+            .iter()
+            .map(|i| (i.name.clone(), f(i)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "fluentbit_input_records_total",
+        "counter",
+        "Number of input records.",
+        ins(&|i| i.records.get() as i64),
+    );
+    family(
+        "fluentbit_input_bytes_total",
+        "counter",
+        "Number of input bytes.",
+        ins(&|i| i.bytes.get() as i64),
+    );
+    family(
+        "fluentbit_input_ingestion_paused",
+        "gauge",
+        "Is the input paused or not?",
+        ins(&|i| i.paused.get()),
+    );
+    let tails: Vec<_> = r
+        .inputs
+        .iter()
+        .filter(|i| i.files_opened.get() > 0 || i.name.starts_with("tail"))
+        .cloned()
+        .collect();
+    let tail_rows = |f: &dyn Fn(&crate::engine::metrics::InputMetrics) -> i64| {
+        tails
+            .iter()
+            .map(|i| (i.name.clone(), f(i)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "fluentbit_input_files_opened_total",
+        "counter",
+        "Total number of opened files",
+        tail_rows(&|i| i.files_opened.get() as i64),
+    );
+    family(
+        "fluentbit_input_files_closed_total",
+        "counter",
+        "Total number of closed files",
+        tail_rows(&|i| i.files_closed.get() as i64),
+    );
+    family(
+        "fluentbit_input_files_rotated_total",
+        "counter",
+        "Total number of rotated files",
+        tail_rows(&|i| i.files_rotated.get() as i64),
+    );
+    family(
+        "fluentbit_input_long_line_skipped_total",
+        "counter",
+        "Total number of skipped long lines",
+        tail_rows(&|i| i.long_line_skipped.get() as i64),
+    );
+    family(
+        "fluentbit_input_long_line_truncated_total",
+        "counter",
+        "Total number of truncated long lines",
+        tail_rows(&|i| i.long_line_truncated.get() as i64),
+    );
+    family(
+        "fluentbit_input_multiline_truncated_total",
+        "counter",
+        "Total number of truncated multiline records",
+        tail_rows(&|i| i.multiline_truncated.get() as i64),
+    );
+    family(
+        "logferry_input_lag_bytes",
+        "gauge",
+        "Bytes in tracked files not read yet.",
+        tail_rows(&|i| i.lag_bytes.get()),
+    );
+    family(
+        "logferry_input_files_tracked",
+        "gauge",
+        "Files currently followed.",
+        tail_rows(&|i| i.files_tracked.get()),
+    );
+    let fil = |f: &dyn Fn(&crate::engine::metrics::FilterMetrics) -> i64| {
+        r.filters
+            .iter()
+            .map(|i| (i.name.clone(), f(i)))
+            .collect::<Vec<_>>()
+    };
     if !r.filters.is_empty() {
-        family("fluentbit_filter_records_total", "counter", "Total number of new records processed.", fil(&|f| f.records.get() as i64));
-        family("fluentbit_filter_drop_records_total", "counter", "Fluentbit metrics.", fil(&|f| f.drop_records.get() as i64));
-        family("fluentbit_filter_add_records_total", "counter", "Fluentbit metrics.", fil(&|f| f.added_records.get() as i64));
+        family(
+            "fluentbit_filter_records_total",
+            "counter",
+            "Total number of new records processed.",
+            fil(&|f| f.records.get() as i64),
+        );
+        family(
+            "fluentbit_filter_drop_records_total",
+            "counter",
+            "Fluentbit metrics.",
+            fil(&|f| f.drop_records.get() as i64),
+        );
+        family(
+            "fluentbit_filter_add_records_total",
+            "counter",
+            "Fluentbit metrics.",
+            fil(&|f| f.added_records.get() as i64),
+        );
     }
-    let outs = |f: &dyn Fn(&crate::engine::metrics::OutputMetrics) -> i64| r.outputs.iter().map(|o| (o.name.clone(), f(o))).collect::<Vec<_>>();
-    family("fluentbit_output_proc_records_total", "counter", "Number of processed output records.", outs(&|o| o.proc_records.get() as i64));
-    family("fluentbit_output_proc_bytes_total", "counter", "Number of processed output bytes.", outs(&|o| o.proc_bytes.get() as i64));
-    family("fluentbit_output_errors_total", "counter", "Number of output errors.", outs(&|o| o.errors.get() as i64));
-    family("fluentbit_output_retries_total", "counter", "Number of output retries.", outs(&|o| o.retries.get() as i64));
-    family("fluentbit_output_retries_failed_total", "counter", "Number of abandoned batches because the maximum number of re-tries was reached.", outs(&|o| o.retries_failed.get() as i64));
-    family("fluentbit_output_dropped_records_total", "counter", "Number of dropped records.", outs(&|o| o.dropped_records.get() as i64));
-    family("fluentbit_output_retried_records_total", "counter", "Number of retried records.", outs(&|o| o.retried_records.get() as i64));
+    let outs = |f: &dyn Fn(&crate::engine::metrics::OutputMetrics) -> i64| {
+        r.outputs
+            .iter()
+            .map(|o| (o.name.clone(), f(o)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "fluentbit_output_proc_records_total",
+        "counter",
+        "Number of processed output records.",
+        outs(&|o| o.proc_records.get() as i64),
+    );
+    family(
+        "fluentbit_output_proc_bytes_total",
+        "counter",
+        "Number of processed output bytes.",
+        outs(&|o| o.proc_bytes.get() as i64),
+    );
+    family(
+        "fluentbit_output_errors_total",
+        "counter",
+        "Number of output errors.",
+        outs(&|o| o.errors.get() as i64),
+    );
+    family(
+        "fluentbit_output_retries_total",
+        "counter",
+        "Number of output retries.",
+        outs(&|o| o.retries.get() as i64),
+    );
+    family(
+        "fluentbit_output_retries_failed_total",
+        "counter",
+        "Number of abandoned batches because the maximum number of re-tries was reached.",
+        outs(&|o| o.retries_failed.get() as i64),
+    );
+    family(
+        "fluentbit_output_dropped_records_total",
+        "counter",
+        "Number of dropped records.",
+        outs(&|o| o.dropped_records.get() as i64),
+    );
+    family(
+        "fluentbit_output_retried_records_total",
+        "counter",
+        "Number of retried records.",
+        outs(&|o| o.retried_records.get() as i64),
+    );
     let _ = writeln!(out, "# HELP fluentbit_uptime Number of seconds that Fluent Bit has been running.\n# TYPE fluentbit_uptime counter\nfluentbit_uptime {}", r.started.elapsed().as_secs());
     let _ = writeln!(out, "# HELP fluentbit_process_start_time_seconds Start time of the process since unix epoch in seconds.\n# TYPE fluentbit_process_start_time_seconds gauge\nfluentbit_process_start_time_seconds {}", r.started_unix);
     let _ = writeln!(out, "# HELP fluentbit_build_info Build version information.\n# TYPE fluentbit_build_info gauge\nfluentbit_build_info{{version=\"{}\",edition=\"logferry\"}} 1", env!("CARGO_PKG_VERSION"));

@@ -76,7 +76,11 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8], escape_unicode: bool) {
                     out.extend_from_slice("\u{FFFD}".as_bytes());
                     i += 1;
                 } else if escape_unicode {
-                    let ch = std::str::from_utf8(&s[i..i + width]).unwrap().chars().next().unwrap();
+                    let ch = std::str::from_utf8(&s[i..i + width])
+                        .unwrap()
+                        .chars()
+                        .next()
+                        .unwrap();
                     let cp = ch as u32;
                     if cp > 0xFFFF {
                         let v = cp - 0x10000;
@@ -114,7 +118,13 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) {
         return;
     }
     if !v.is_finite() {
-        out.extend_from_slice(if v.is_nan() { b"nan" } else if v > 0.0 { b"inf" } else { b"-inf" });
+        out.extend_from_slice(if v.is_nan() {
+            b"nan"
+        } else if v > 0.0 {
+            b"inf"
+        } else {
+            b"-inf"
+        });
         return;
     }
     let sci = format!("{v:.15e}");
@@ -209,9 +219,19 @@ impl DateFormat {
         match self {
             DateFormat::Double => Value::Float(t.as_f64()),
             DateFormat::Epoch => Value::UInt(t.sec.max(0) as u64),
-            DateFormat::EpochMs => Value::UInt((t.sec.max(0) as u64) * 1000 + (t.nsec / 1_000_000) as u64),
-            DateFormat::Iso8601 => Value::string(format!("{}.{:06}Z", utc().format("%Y-%m-%dT%H:%M:%S"), t.nsec / 1000)),
-            DateFormat::JavaSqlTimestamp => Value::string(format!("{}.{:06}", utc().format("%Y-%m-%d %H:%M:%S"), t.nsec / 1000)),
+            DateFormat::EpochMs => {
+                Value::UInt((t.sec.max(0) as u64) * 1000 + (t.nsec / 1_000_000) as u64)
+            }
+            DateFormat::Iso8601 => Value::string(format!(
+                "{}.{:06}Z",
+                utc().format("%Y-%m-%dT%H:%M:%S"),
+                t.nsec / 1000
+            )),
+            DateFormat::JavaSqlTimestamp => Value::string(format!(
+                "{}.{:06}",
+                utc().format("%Y-%m-%d %H:%M:%S"),
+                t.nsec / 1000
+            )),
         }
     }
 }
@@ -247,7 +267,11 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Int(v))
     }
     fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(if v <= i64::MAX as u64 { Value::Int(v as i64) } else { Value::UInt(v) })
+        Ok(if v <= i64::MAX as u64 {
+            Value::Int(v as i64)
+        } else {
+            Value::UInt(v)
+        })
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(Value::Float(v))
@@ -293,7 +317,10 @@ mod tests {
 
     #[test]
     fn escapes_like_fluent_bit() {
-        assert_eq!(s(b"a\"b\\c/d\n\t\x01\x7f", true), r#""a\"b\\c/d\n\t\u0001\u007f""#);
+        assert_eq!(
+            s(b"a\"b\\c/d\n\t\x01\x7f", true),
+            r#""a\"b\\c/d\n\t\u0001\u007f""#
+        );
         assert_eq!(s("é😀".as_bytes(), true), r#""\u00e9\ud83d\ude00""#);
         assert_eq!(s("é".as_bytes(), false), "\"é\"");
         assert_eq!(s(b"a\xffb\x00", true), "\"a\u{FFFD}b\\u0000\"");
@@ -317,6 +344,9 @@ mod tests {
         let v = parse(br#"{"z":1,"a":[true,null,"x"],"m":{"k":1.5}}"#).unwrap();
         let mut out = Vec::new();
         write_value(&mut out, &v, true);
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"z":1,"a":[true,null,"x"],"m":{"k":1.5}}"#);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"z":1,"a":[true,null,"x"],"m":{"k":1.5}}"#
+        );
     }
 }

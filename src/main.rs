@@ -8,7 +8,11 @@ use logferry::config::{units, ConfigDocument};
 use logferry::engine::{Overrides, Pipeline};
 
 #[derive(Parser, Debug)]
-#[command(name = "logferry", version, about = "A Fluent Bit-compatible log shipper that never loses a line")]
+#[command(
+    name = "logferry",
+    version,
+    about = "A Fluent Bit-compatible log shipper that never loses a line"
+)]
 struct Cli {
     /// Configuration file (classic .conf, or .yaml/.yml).
     #[arg(short = 'c', long = "config")]
@@ -75,7 +79,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let level = cli.log_level.clone().unwrap_or_else(|| pipeline.service.log_level.clone());
+    let level = cli
+        .log_level
+        .clone()
+        .unwrap_or_else(|| pipeline.service.log_level.clone());
     if let Err(e) = init_logging(&level, cli.log_file.as_deref()) {
         eprintln!("[error] cannot open log file: {e}");
         return ExitCode::from(1);
@@ -87,7 +94,11 @@ fn main() -> ExitCode {
         println!("configuration test is successful");
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("[error] cannot start the runtime: {e}");
@@ -116,13 +127,26 @@ fn init_logging(level: &str, file: Option<&std::path::Path>) -> std::io::Result<
         "trace" => "trace",
         _ => "info",
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(format!("logferry={filter}"))).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "logferry={filter}"
+        )))
+        .with_target(false);
     match file {
         Some(path) => {
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .init();
         }
-        None => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).init(),
+        None => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
     }
     Ok(())
 }

@@ -22,13 +22,19 @@ impl Pattern {
             .backtrack_limit(1_000_000)
             .build()
             .map_err(|e| format!("invalid regular expression '{source}': {e}"))?;
-        Ok(Pattern { source: source.to_string(), regex })
+        Ok(Pattern {
+            source: source.to_string(),
+            regex,
+        })
     }
 
     /// A pattern written as `/regex/` (multiline rules); the slashes are optional.
     pub fn new_slashed(source: &str) -> Result<Self, String> {
         let s = source.trim();
-        let inner = s.strip_prefix('/').and_then(|r| r.strip_suffix('/')).unwrap_or(s);
+        let inner = s
+            .strip_prefix('/')
+            .and_then(|r| r.strip_suffix('/'))
+            .unwrap_or(s);
         Self::new(inner)
     }
 
@@ -45,7 +51,11 @@ impl Pattern {
     /// Match that must start at position 0 (Fluent Bit's `Match_Regex`: anchored at the start only).
     pub fn is_match_at_start(&self, text: &str) -> bool {
         matches!(self.regex.find(text), Ok(Some(m)) if m.start() == 0)
-            || self.regex.captures_iter(text).flatten().any(|c| c.get(0).is_some_and(|m| m.start() == 0))
+            || self
+                .regex
+                .captures_iter(text)
+                .flatten()
+                .any(|c| c.get(0).is_some_and(|m| m.start() == 0))
     }
 
     /// Named captures of the first match, in pattern order: (name, byte range in `text`).

@@ -54,7 +54,10 @@ impl Map {
         Map(Vec::with_capacity(n))
     }
     pub fn get(&self, key: &[u8]) -> Option<&Value> {
-        self.0.iter().find(|(k, _)| k.as_ref() == key).map(|(_, v)| v)
+        self.0
+            .iter()
+            .find(|(k, _)| k.as_ref() == key)
+            .map(|(_, v)| v)
     }
     pub fn contains(&self, key: &[u8]) -> bool {
         self.get(key).is_some()
@@ -103,7 +106,10 @@ impl EventTime {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        EventTime { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
+        EventTime {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        }
     }
     pub fn as_f64(&self) -> f64 {
         self.sec as f64 + self.nsec as f64 / 1e9

@@ -22,9 +22,17 @@ fn health_flips_to_error_after_repeated_output_errors() {
         ),
     );
     let agent = Agent::start(dir.path(), &cfg);
-    wait_until(Duration::from_secs(10), "API up", || http_get(port, "/api/v1/health").is_some());
-    assert_eq!(http_get(port, "/api/v1/health").unwrap().0, 200, "healthy before errors accumulate");
-    wait_until(Duration::from_secs(30), "health error", || http_get(port, "/api/v1/health") == Some((500, "error\n".to_string())));
+    wait_until(Duration::from_secs(10), "API up", || {
+        http_get(port, "/api/v1/health").is_some()
+    });
+    assert_eq!(
+        http_get(port, "/api/v1/health").unwrap().0,
+        200,
+        "healthy before errors accumulate"
+    );
+    wait_until(Duration::from_secs(30), "health error", || {
+        http_get(port, "/api/v1/health") == Some((500, "error\n".to_string()))
+    });
     let (status, body) = http_get(port, "/api/v2/health").unwrap();
     assert_eq!(status, 500);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -35,8 +43,15 @@ fn health_flips_to_error_after_repeated_output_errors() {
     let m: serde_json::Value = serde_json::from_str(&metrics).unwrap();
     assert!(m["output"]["file.0"]["errors"].as_u64().unwrap() > 3);
     assert!(m["output"]["file.0"]["retries"].as_u64().unwrap() > 0);
-    assert_eq!(m["output"]["file.0"]["proc_records"], 0, "nothing was delivered, so nothing counts as processed");
-    assert!(agent.log_text().contains("failed to flush"), "{}", agent.log_text());
+    assert_eq!(
+        m["output"]["file.0"]["proc_records"], 0,
+        "nothing was delivered, so nothing counts as processed"
+    );
+    assert!(
+        agent.log_text().contains("failed to flush"),
+        "{}",
+        agent.log_text()
+    );
 }
 
 #[test]
@@ -93,11 +108,21 @@ fn tcp_input_skips_garbage_and_keeps_the_connection() {
         stream.is_some()
     });
     let mut s = stream.unwrap();
-    s.write_all(b"{\"a\":1}\n\x00\xff garbage {{{\n[1,2]\n{\"b\":\"two\"}\n").unwrap();
+    s.write_all(b"{\"a\":1}\n\x00\xff garbage {{{\n[1,2]\n{\"b\":\"two\"}\n")
+        .unwrap();
     s.flush().unwrap();
-    wait_until(Duration::from_secs(10), "two records", || count_lines(&dir.path().join("o")) >= 2);
-    assert_eq!(lines(&dir.path().join("o")), vec![r#"{"a":1}"#, r#"{"b":"two"}"#]);
+    wait_until(Duration::from_secs(10), "two records", || {
+        count_lines(&dir.path().join("o")) >= 2
+    });
+    assert_eq!(
+        lines(&dir.path().join("o")),
+        vec![r#"{"a":1}"#, r#"{"b":"two"}"#]
+    );
     s.write_all(b"{\"c\":3}\n").unwrap();
-    wait_until(Duration::from_secs(10), "same connection still works", || count_lines(&dir.path().join("o")) >= 3);
+    wait_until(
+        Duration::from_secs(10),
+        "same connection still works",
+        || count_lines(&dir.path().join("o")) >= 3,
+    );
     assert!(agent.log_text().contains("invalid JSON"));
 }

@@ -10,8 +10,20 @@ use std::time::Duration;
 use common::*;
 
 fn dry_run(config: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_logferry")).arg("--dry-run").arg("-c").arg(config).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(env!("CARGO_BIN_EXE_logferry"))
+        .arg("--dry-run")
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 const GOOD: &str = "[INPUT]\n    Name dummy\n[OUTPUT]\n    Name null\n    Match *\n";
@@ -44,14 +56,21 @@ fn each_config_error_names_file_line_and_key() {
     for (text, expected) in cases {
         let (ok, out) = dry_run(&write_config(dir.path(), "unknown.conf", text));
         assert!(!ok, "should fail: {text}");
-        assert!(out.contains(expected), "for config:\n{text}\nexpected '{expected}' in:\n{out}");
+        assert!(
+            out.contains(expected),
+            "for config:\n{text}\nexpected '{expected}' in:\n{out}"
+        );
     }
 }
 
 #[test]
 fn include_cycles_are_errors_naming_the_include_line() {
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), "a.conf", "[SERVICE]\n    Flush 1\n@INCLUDE b.conf\n");
+    write_config(
+        dir.path(),
+        "a.conf",
+        "[SERVICE]\n    Flush 1\n@INCLUDE b.conf\n",
+    );
     write_config(dir.path(), "b.conf", "@INCLUDE a.conf\n");
     let (ok, out) = dry_run(&dir.path().join("a.conf"));
     assert!(!ok);
@@ -70,9 +89,16 @@ fn includes_globs_set_and_env_defaults() {
         &format!("@SET WHO=world\n@INCLUDE conf.d/*.conf\n[OUTPUT]\n    Name file\n    Match *\n    Path {}\n    File o\n    Format plain\n    Mkdir On\n", out_dir.display()),
     );
     let agent = Agent::start(dir.path(), &main);
-    wait_until(Duration::from_secs(20), "dummy record", || count_lines(&out_dir.join("o")) >= 1);
-    assert_eq!(lines(&out_dir.join("o"))[0], r#"{"who":"world","env":"fallback","missing":""}"#);
-    wait_until(Duration::from_secs(5), "unset warning", || agent.log_text().contains("LOGFERRY_TEST_UNSET"));
+    wait_until(Duration::from_secs(20), "dummy record", || {
+        count_lines(&out_dir.join("o")) >= 1
+    });
+    assert_eq!(
+        lines(&out_dir.join("o"))[0],
+        r#"{"who":"world","env":"fallback","missing":""}"#
+    );
+    wait_until(Duration::from_secs(5), "unset warning", || {
+        agent.log_text().contains("LOGFERRY_TEST_UNSET")
+    });
 }
 
 #[test]
@@ -85,8 +111,13 @@ fn yaml_config_runs_the_same_pipeline() {
     );
     let cfg = write_config(dir.path(), "c.yaml", &yaml);
     let _agent = Agent::start(dir.path(), &cfg);
-    wait_until(Duration::from_secs(20), "two records", || count_lines(&out_dir.join("o")) >= 2);
-    assert_eq!(lines(&out_dir.join("o"))[0], r#"{"msg":"hello","cluster":"prod","region":"eu"}"#);
+    wait_until(Duration::from_secs(20), "two records", || {
+        count_lines(&out_dir.join("o")) >= 2
+    });
+    assert_eq!(
+        lines(&out_dir.join("o"))[0],
+        r#"{"msg":"hello","cluster":"prod","region":"eu"}"#
+    );
     let bad = write_config(dir.path(), "bad.yaml", "pipeline:\n  inputs:\n    - name: dummy\n      nonsense: 1\n  outputs:\n    - name: null\n      match: '*'\n");
     let (ok, out) = dry_run(&bad);
     assert!(!ok);
@@ -104,7 +135,11 @@ fn union_configmap_tags_records_by_namespace_pod_container() {
     std::fs::create_dir_all(&containers).unwrap();
     std::fs::create_dir_all(&pods).unwrap();
     std::fs::create_dir_all(root.join("fluent-bit/etc/conf")).unwrap();
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/parsers.conf"), root.join("fluent-bit/etc/parsers.conf")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/conf/parsers.conf"),
+        root.join("fluent-bit/etc/parsers.conf"),
+    )
+    .unwrap();
     std::fs::write(root.join("fluent-bit/etc/conf/custom_parsers.conf"), "[PARSER]\n    Name docker_no_time\n    Format json\n    Time_Keep Off\n    Time_Key time\n    Time_Format %Y-%m-%dT%H:%M:%S.%L\n").unwrap();
     let id = "0123456789abcdef".repeat(4);
     let real = pods.join("0.log");
@@ -119,7 +154,9 @@ fn union_configmap_tags_records_by_namespace_pod_container() {
     let cfg = write_config(root, "fluent-bit.conf", &conf);
     let _agent = Agent::start(root, &cfg);
     let out = root.join("persisted-logs/namespace-prod.pod-web-7d9f.cont-nginx");
-    wait_until(Duration::from_secs(20), "tagged records", || count_lines(&out) >= 2);
+    wait_until(Duration::from_secs(20), "tagged records", || {
+        count_lines(&out) >= 2
+    });
     assert_eq!(
         lines(&out),
         vec![
@@ -129,13 +166,18 @@ fn union_configmap_tags_records_by_namespace_pod_container() {
     );
     // Probes the chart configures.
     assert_eq!(http_get(port, "/").map(|r| r.0), Some(200));
-    assert_eq!(http_get(port, "/api/v1/health"), Some((200, "ok\n".to_string())));
+    assert_eq!(
+        http_get(port, "/api/v1/health"),
+        Some((200, "ok\n".to_string()))
+    );
     // Kubelet rotation: 0.log renamed to 0.log.<ts> in the pod dir, a new 0.log created.
     std::fs::rename(&real, pods.join("0.log.20261122-080001")).unwrap();
     std::fs::write(&real, "2026-11-22T08:00:01.0Z stderr F after rotation\n").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     // Refresh_Interval is 10 s; inotify on /var/log/containers does not see the pod dir, so the
     // new target is found at the next scan.
-    wait_until(Duration::from_secs(30), "line after rotation", || count_lines(&out) >= 3);
+    wait_until(Duration::from_secs(30), "line after rotation", || {
+        count_lines(&out) >= 3
+    });
     assert!(lines(&out)[2].contains("after rotation"));
 }

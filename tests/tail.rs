@@ -28,7 +28,11 @@ fn rotation_by_rename_while_writing_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("app.log");
     append_numbered(&log, "r", 0, 1000);
-    let cfg = tail_to_file(dir.path(), &log.display().to_string(), "    Read_from_Head On\n");
+    let cfg = tail_to_file(
+        dir.path(),
+        &log.display().to_string(),
+        "    Read_from_Head On\n",
+    );
     let _agent = Agent::start(dir.path(), &cfg);
     let out = dir.path().join("out.jsonl");
     // Rotate five times while writing; the renamed files are no longer matched by Path.
@@ -59,9 +63,16 @@ fn copytruncate_and_plain_truncation() {
     wait_until(T, "first part shipped", || count_lines(&out) >= 3000);
     // copytruncate: copy away, truncate in place, keep writing to the same inode.
     std::fs::copy(&log, dir.path().join("app.log.1")).unwrap();
-    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
     append_numbered(&log, "c", 3000, 100);
-    wait_until(T, "lines after truncation shipped", || count_lines(&out) >= 3100);
+    wait_until(T, "lines after truncation shipped", || {
+        count_lines(&out) >= 3100
+    });
     std::thread::sleep(Duration::from_millis(300));
     let dups = assert_all_present(&log_values(&out), "c", 3100);
     assert_eq!(dups, 0);
@@ -73,30 +84,47 @@ fn deleted_file_is_read_to_its_end() {
     let log = dir.path().join("big.log");
     append_numbered(&log, "d", 0, 300_000);
     // A small budget keeps most of the file unread when it is deleted.
-    let cfg = tail_to_file(dir.path(), &log.display().to_string(), "    Read_from_Head On\n    Mem_Buf_Limit 300k\n");
+    let cfg = tail_to_file(
+        dir.path(),
+        &log.display().to_string(),
+        "    Read_from_Head On\n    Mem_Buf_Limit 300k\n",
+    );
     let _agent = Agent::start(dir.path(), &cfg);
     let out = dir.path().join("out.jsonl");
     wait_until(T, "shipping started", || count_lines(&out) > 0);
     std::fs::remove_file(&log).unwrap();
-    assert!(count_lines(&out) < 300_000, "the file should still be partly unread when deleted");
-    wait_until(T, "all lines of the deleted file shipped", || count_lines(&out) >= 300_000);
+    assert!(
+        count_lines(&out) < 300_000,
+        "the file should still be partly unread when deleted"
+    );
+    wait_until(T, "all lines of the deleted file shipped", || {
+        count_lines(&out) >= 300_000
+    });
     assert_eq!(assert_all_present(&log_values(&out), "d", 300_000), 0);
 }
 
 #[test]
 fn kill_9_crash_loop_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let logs: Vec<_> = (0..3).map(|i| dir.path().join(format!("c{i}.log"))).collect();
+    let logs: Vec<_> = (0..3)
+        .map(|i| dir.path().join(format!("c{i}.log")))
+        .collect();
     for (i, l) in logs.iter().enumerate() {
         append_numbered(l, &format!("k{i}"), 0, 100_000);
     }
-    let cfg = tail_to_file(dir.path(), &format!("{}/c*.log", dir.path().display()), "    Read_from_Head On\n    Mem_Buf_Limit 1M\n");
+    let cfg = tail_to_file(
+        dir.path(),
+        &format!("{}/c*.log", dir.path().display()),
+        "    Read_from_Head On\n    Mem_Buf_Limit 1M\n",
+    );
     let out = dir.path().join("out.jsonl");
     let mut written = 100_000;
     for round in 0..3 {
         let mut agent = Agent::start(dir.path(), &cfg);
         let before = count_lines(&out);
-        wait_until(T, "progress before the kill", || count_lines(&out) > before + 1000);
+        wait_until(T, "progress before the kill", || {
+            count_lines(&out) > before + 1000
+        });
         agent.kill9();
         for (i, l) in logs.iter().enumerate() {
             append_numbered(l, &format!("k{i}"), written, 10_000);
@@ -111,7 +139,9 @@ fn kill_9_crash_loop_loses_nothing() {
     let total0 = written + 6_000;
     let _agent = Agent::start(dir.path(), &cfg);
     let expected = total0 + 2 * written;
-    wait_until(T, "everything shipped after the crash loop", || count_lines(&out) >= expected);
+    wait_until(T, "everything shipped after the crash loop", || {
+        count_lines(&out) >= expected
+    });
     std::thread::sleep(Duration::from_millis(500));
     let values = log_values(&out);
     let mut dups = assert_all_present(&values, "k0", total0);
@@ -121,7 +151,10 @@ fn kill_9_crash_loop_loses_nothing() {
     // Only batches in flight at each kill may repeat: bounded by Mem_Buf_Limit plus one read
     // per file (~90-byte lines), three kills.
     let bound = 3 * (1_000_000 + 3 * 256 * 1024) / 90;
-    assert!(dups <= bound, "{dups} duplicate lines exceed the in-flight bound {bound}");
+    assert!(
+        dups <= bound,
+        "{dups} duplicate lines exceed the in-flight bound {bound}"
+    );
 }
 
 #[test]
@@ -129,18 +162,30 @@ fn sigterm_commits_offsets_so_restart_ships_no_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("app.log");
     append_numbered(&log, "s", 0, 50_000);
-    let cfg = tail_to_file(dir.path(), &log.display().to_string(), "    Read_from_Head On\n");
+    let cfg = tail_to_file(
+        dir.path(),
+        &log.display().to_string(),
+        "    Read_from_Head On\n",
+    );
     let out = dir.path().join("out.jsonl");
     let mut agent = Agent::start(dir.path(), &cfg);
     wait_until(T, "first lines", || count_lines(&out) > 100);
     agent.sigterm();
     let status = agent.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "exit 0 after SIGTERM, got {status:?}; log:\n{}", agent.log_text());
+    assert!(
+        status.success(),
+        "exit 0 after SIGTERM, got {status:?}; log:\n{}",
+        agent.log_text()
+    );
     append_numbered(&log, "s", 50_000, 1_000);
     let _again = Agent::start(dir.path(), &cfg);
     wait_until(T, "all lines", || count_lines(&out) >= 51_000);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(assert_all_present(&log_values(&out), "s", 51_000), 0, "graceful stop must not cause duplicates");
+    assert_eq!(
+        assert_all_present(&log_values(&out), "s", 51_000),
+        0,
+        "graceful stop must not cause duplicates"
+    );
 }
 
 #[test]
@@ -149,7 +194,11 @@ fn takes_over_a_fluent_bit_offsets_db() {
     let log = dir.path().join("app.log");
     append_numbered(&log, "f", 0, 1000);
     let content = std::fs::read(&log).unwrap();
-    let offset = content.split(|b| *b == b'\n').take(600).map(|l| l.len() + 1).sum::<usize>() as u64;
+    let offset = content
+        .split(|b| *b == b'\n')
+        .take(600)
+        .map(|l| l.len() + 1)
+        .sum::<usize>() as u64;
     let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&log).unwrap());
     // Fluent Bit 3.x schema (no marker columns), as on Union's nodes.
     let db_path = dir.path().join("offsets.db");
@@ -163,7 +212,11 @@ fn takes_over_a_fluent_bit_offsets_db() {
     std::thread::sleep(Duration::from_millis(500));
     let values = log_values(&out);
     assert_eq!(values.len(), 400, "neither re-ship nor skip");
-    assert!(values[0].starts_with("f-00000600"), "first shipped line: {}", values[0]);
+    assert!(
+        values[0].starts_with("f-00000600"),
+        "first shipped line: {}",
+        values[0]
+    );
 }
 
 #[test]
@@ -187,7 +240,11 @@ fn fluent_bit_v5_offset_marker_detects_inode_reuse() {
     let log2 = dir2.path().join("app.log");
     append_numbered(&log2, "m", 0, 100);
     let content = std::fs::read(&log2).unwrap();
-    let offset = content.split(|b| *b == b'\n').take(40).map(|l| l.len() + 1).sum::<usize>();
+    let offset = content
+        .split(|b| *b == b'\n')
+        .take(40)
+        .map(|l| l.len() + 1)
+        .sum::<usize>();
     let marker = xxhash_rust::xxh3::xxh3_64(&content[offset - 32..offset]) as i64;
     let inode2 = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&log2).unwrap());
     sqlite_exec(&dir2.path().join("offsets.db"), &format!(
@@ -230,12 +287,14 @@ fn cri_partial_lines_split_across_reads() {
     let out = dir.path().join("out.jsonl");
     std::thread::sleep(Duration::from_millis(500));
     let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    f.write_all(b"2026-01-01T00:00:00.000000001Z stdout P first ").unwrap();
+    f.write_all(b"2026-01-01T00:00:00.000000001Z stdout P first ")
+        .unwrap();
     f.flush().unwrap();
     std::thread::sleep(Duration::from_millis(700));
     f.write_all(b"half\n2026-01-01T00:00:00.1Z stderr F interleaved\n2026-01-01T00:00:00.2Z stdout P second ").unwrap();
     std::thread::sleep(Duration::from_millis(700));
-    f.write_all(b"part, \n2026-01-01T00:00:00.3Z stdout F end\n").unwrap();
+    f.write_all(b"part, \n2026-01-01T00:00:00.3Z stdout F end\n")
+        .unwrap();
     wait_until(T, "two records", || count_lines(&out) >= 2);
     std::thread::sleep(Duration::from_millis(300));
     let l = lines(&out);
@@ -254,10 +313,18 @@ fn docker_16k_splits_are_joined() {
     let log = dir.path().join("pod_ns_c-1111.log");
     let part = "x".repeat(16 * 1024);
     let mut text = String::new();
-    text.push_str(&format!("{{\"log\":\"{part}\",\"stream\":\"stdout\",\"time\":\"2026-01-01T00:00:00.1Z\"}}\n"));
-    text.push_str(&format!("{{\"log\":\"{part}\",\"stream\":\"stdout\",\"time\":\"2026-01-01T00:00:00.2Z\"}}\n"));
-    text.push_str("{\"log\":\"tail\\n\",\"stream\":\"stdout\",\"time\":\"2026-01-01T00:00:00.3Z\"}\n");
-    text.push_str("{\"log\":\"next\\n\",\"stream\":\"stdout\",\"time\":\"2026-01-01T00:00:00.4Z\"}\n");
+    text.push_str(&format!(
+        "{{\"log\":\"{part}\",\"stream\":\"stdout\",\"time\":\"2026-01-01T00:00:00.1Z\"}}\n"
+    ));
+    text.push_str(&format!(
+        "{{\"log\":\"{part}\",\"stream\":\"stdout\",\"time\":\"2026-01-01T00:00:00.2Z\"}}\n"
+    ));
+    text.push_str(
+        "{\"log\":\"tail\\n\",\"stream\":\"stdout\",\"time\":\"2026-01-01T00:00:00.3Z\"}\n",
+    );
+    text.push_str(
+        "{\"log\":\"next\\n\",\"stream\":\"stdout\",\"time\":\"2026-01-01T00:00:00.4Z\"}\n",
+    );
     std::fs::write(&log, text).unwrap();
     let cfg = container_config(dir.path(), "");
     let _agent = Agent::start(dir.path(), &cfg);
@@ -277,8 +344,16 @@ fn docker_16k_splits_are_joined() {
 fn invalid_utf8_and_nul_bytes_survive_as_escaped_json() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("raw.log");
-    std::fs::write(&log, b"ok line\nbad \xff\xfe bytes\nnul \x00 inside\n\xc3\xa9t\xc3\xa9\n").unwrap();
-    let cfg = tail_to_file(dir.path(), &log.display().to_string(), "    Read_from_Head On\n");
+    std::fs::write(
+        &log,
+        b"ok line\nbad \xff\xfe bytes\nnul \x00 inside\n\xc3\xa9t\xc3\xa9\n",
+    )
+    .unwrap();
+    let cfg = tail_to_file(
+        dir.path(),
+        &log.display().to_string(),
+        "    Read_from_Head On\n",
+    );
     let _agent = Agent::start(dir.path(), &cfg);
     let out = dir.path().join("out.jsonl");
     wait_until(T, "four records", || count_lines(&out) >= 4);
@@ -318,8 +393,15 @@ fn ten_mib_line_is_skipped_or_truncated_never_stalls() {
         match expect_len {
             None => {
                 assert_eq!(values.len(), 2);
-                wait_until(T, "skip metric", || http_get(port, "/api/v1/metrics/prometheus").is_some_and(|(_, b)| b.contains("fluentbit_input_long_line_skipped_total{name=\"tail.0\"} 1")));
-                assert!(agent.log_text().contains("long.log"), "the log line names the file");
+                wait_until(T, "skip metric", || {
+                    http_get(port, "/api/v1/metrics/prometheus").is_some_and(|(_, b)| {
+                        b.contains("fluentbit_input_long_line_skipped_total{name=\"tail.0\"} 1")
+                    })
+                });
+                assert!(
+                    agent.log_text().contains("long.log"),
+                    "the log line names the file"
+                );
             }
             Some(n) => {
                 assert_eq!(values.len(), 3);
@@ -339,7 +421,9 @@ fn files_appearing_while_down_are_read_from_head_and_existing_ones_from_tail() {
     let mut agent = Agent::start(dir.path(), &cfg);
     std::thread::sleep(Duration::from_millis(800));
     append_numbered(&old, "o", 10, 5);
-    wait_until(T, "new lines of the existing file", || count_lines(&out) >= 5);
+    wait_until(T, "new lines of the existing file", || {
+        count_lines(&out) >= 5
+    });
     agent.sigterm();
     agent.wait_exit(Duration::from_secs(10));
     let fresh = dir.path().join("fresh.log");
@@ -348,6 +432,10 @@ fn files_appearing_while_down_are_read_from_head_and_existing_ones_from_tail() {
     wait_until(T, "file created while down", || count_lines(&out) >= 12);
     std::thread::sleep(Duration::from_millis(300));
     let values = log_values(&out);
-    assert_eq!(values.iter().filter(|v| v.starts_with("o-")).count(), 5, "existing lines at start are not re-read");
+    assert_eq!(
+        values.iter().filter(|v| v.starts_with("o-")).count(),
+        5,
+        "existing lines at start are not re-read"
+    );
     assert_all_present(&values, "n", 7);
 }

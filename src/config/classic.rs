@@ -15,7 +15,10 @@ pub fn load(path: &Path) -> Result<ConfigDocument, ConfigError> {
         base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         ..Default::default()
     };
-    let mut reader = Reader { doc: &mut doc, stack: Vec::new() };
+    let mut reader = Reader {
+        doc: &mut doc,
+        stack: Vec::new(),
+    };
     reader.read_file(path, None)?;
     Ok(doc)
 }
@@ -23,7 +26,10 @@ pub fn load(path: &Path) -> Result<ConfigDocument, ConfigError> {
 /// Parses classic text that is not backed by a file (used by tests and the embedded parsers).
 pub fn parse_str(name: &str, text: &str) -> Result<ConfigDocument, ConfigError> {
     let mut doc = ConfigDocument::default();
-    let mut reader = Reader { doc: &mut doc, stack: Vec::new() };
+    let mut reader = Reader {
+        doc: &mut doc,
+        stack: Vec::new(),
+    };
     reader.read_text(Arc::new(PathBuf::from(name)), text)?;
     Ok(doc)
 }
@@ -35,7 +41,11 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn read_file(&mut self, path: &Path, included_from: Option<&Origin>) -> Result<(), ConfigError> {
+    fn read_file(
+        &mut self,
+        path: &Path,
+        included_from: Option<&Origin>,
+    ) -> Result<(), ConfigError> {
         let canonical = std::fs::canonicalize(path).map_err(|e| {
             let msg = format!("cannot open config file '{}': {e}", path.display());
             match included_from {
@@ -54,7 +64,10 @@ impl Reader<'_> {
             ConfigError::plain(format!("cannot read config file '{}': {e}", path.display()))
         })?;
         let text = String::from_utf8(bytes).map_err(|_| {
-            ConfigError::plain(format!("config file '{}' is not valid UTF-8", path.display()))
+            ConfigError::plain(format!(
+                "config file '{}' is not valid UTF-8",
+                path.display()
+            ))
         })?;
         self.stack.push(canonical);
         let result = self.read_text(Arc::new(path.to_path_buf()), &text);
@@ -65,7 +78,10 @@ impl Reader<'_> {
     fn read_text(&mut self, file: Arc<PathBuf>, text: &str) -> Result<(), ConfigError> {
         let mut current: Option<Section> = None;
         for (index, raw) in text.lines().enumerate() {
-            let origin = Origin { file: file.clone(), line: index + 1 };
+            let origin = Origin {
+                file: file.clone(),
+                line: index + 1,
+            };
             let line = raw.trim_end_matches(['\r', ' ', '\t']);
             let trimmed = line.trim_start();
             if trimmed.is_empty() || trimmed.starts_with('#') {
@@ -74,14 +90,20 @@ impl Reader<'_> {
             let indented = trimmed.len() != line.len();
             if !indented && line.starts_with('@') {
                 if current.is_some() && starts_with_ci(line, "@SET ") {
-                    return Err(ConfigError::at(&origin, "@SET is not allowed inside a section"));
+                    return Err(ConfigError::at(
+                        &origin,
+                        "@SET is not allowed inside a section",
+                    ));
                 }
                 self.command(line, &origin, &file)?;
                 continue;
             }
             if trimmed.starts_with('[') {
                 let Some(end) = trimmed.find(']') else {
-                    return Err(ConfigError::at(&origin, format!("malformed section header '{trimmed}'")));
+                    return Err(ConfigError::at(
+                        &origin,
+                        format!("malformed section header '{trimmed}'"),
+                    ));
                 };
                 if indented {
                     return Err(ConfigError::at(
@@ -96,11 +118,18 @@ impl Reader<'_> {
                 if let Some(done) = current.take() {
                     self.doc.sections.push(done);
                 }
-                current = Some(Section { kind, origin, props: Vec::new() });
+                current = Some(Section {
+                    kind,
+                    origin,
+                    props: Vec::new(),
+                });
                 continue;
             }
             let Some(section) = current.as_mut() else {
-                return Err(ConfigError::at(&origin, format!("'{trimmed}' is outside any section")));
+                return Err(ConfigError::at(
+                    &origin,
+                    format!("'{trimmed}' is outside any section"),
+                ));
             };
             if !indented {
                 return Err(ConfigError::at(
@@ -113,13 +142,23 @@ impl Reader<'_> {
                 None => (trimmed, ""),
             };
             if value.is_empty() {
-                return Err(ConfigError { origin: Some(origin), key: Some(key.to_string()), message: "key has an empty value".into() });
+                return Err(ConfigError {
+                    origin: Some(origin),
+                    key: Some(key.to_string()),
+                    message: "key has an empty value".into(),
+                });
             }
             let (expanded, unset) = self.doc.env.expand(value);
             for name in unset {
-                self.doc.warnings.push(format!("{origin}: variable ${{{name}}} is used but not set"));
+                self.doc.warnings.push(format!(
+                    "{origin}: variable ${{{name}}} is used but not set"
+                ));
             }
-            section.props.push(Property { key: key.to_string(), value: expanded, origin });
+            section.props.push(Property {
+                key: key.to_string(),
+                value: expanded,
+                origin,
+            });
         }
         if let Some(done) = current.take() {
             self.doc.sections.push(done);
@@ -137,13 +176,22 @@ impl Reader<'_> {
         } else if starts_with_ci(line, "@SET ") {
             let assignment = line[5..].trim();
             let Some((k, v)) = assignment.split_once('=') else {
-                return Err(ConfigError::at(origin, format!("@SET needs KEY=VALUE, got '{assignment}'")));
+                return Err(ConfigError::at(
+                    origin,
+                    format!("@SET needs KEY=VALUE, got '{assignment}'"),
+                ));
             };
             let (value, _) = self.doc.env.expand(v.trim());
             self.doc.env.set(k.trim(), &value);
             Ok(())
         } else {
-            Err(ConfigError::at(origin, format!("unknown command '{}'", line.split_whitespace().next().unwrap_or(line))))
+            Err(ConfigError::at(
+                origin,
+                format!(
+                    "unknown command '{}'",
+                    line.split_whitespace().next().unwrap_or(line)
+                ),
+            ))
         }
     }
 }
@@ -154,7 +202,11 @@ fn starts_with_ci(line: &str, prefix: &str) -> bool {
 
 /// `@INCLUDE` target → files: tried as written, then relative to the including file's folder;
 /// `*` makes it a glob (an empty glob is not an error, as in Fluent Bit).
-fn resolve_include(target: &str, including: &Path, origin: &Origin) -> Result<Vec<PathBuf>, ConfigError> {
+fn resolve_include(
+    target: &str,
+    including: &Path,
+    origin: &Origin,
+) -> Result<Vec<PathBuf>, ConfigError> {
     let relative = including.parent().unwrap_or(Path::new(".")).join(target);
     let candidates = if Path::new(target).is_absolute() {
         vec![PathBuf::from(target)]
@@ -165,7 +217,9 @@ fn resolve_include(target: &str, including: &Path, origin: &Origin) -> Result<Ve
         for candidate in &candidates {
             let pattern = candidate.to_string_lossy();
             let mut found: Vec<PathBuf> = glob::glob(&pattern)
-                .map_err(|e| ConfigError::at(origin, format!("bad @INCLUDE pattern '{target}': {e}")))?
+                .map_err(|e| {
+                    ConfigError::at(origin, format!("bad @INCLUDE pattern '{target}': {e}"))
+                })?
                 .filter_map(Result::ok)
                 .collect();
             if !found.is_empty() {
@@ -194,14 +248,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(doc.sections.len(), 2);
-        assert_eq!(doc.sections[1].get("dummy").unwrap().value, "{\"hello\":\"world\"}");
+        assert_eq!(
+            doc.sections[1].get("dummy").unwrap().value,
+            "{\"hello\":\"world\"}"
+        );
         assert_eq!(doc.sections[1].get("NAME").unwrap().origin.line, 6);
     }
 
     #[test]
     fn errors_name_the_line() {
         let err = parse_str("t.conf", "[INPUT]\n    Name tail\n    Path\n").unwrap_err();
-        assert_eq!(err.to_string(), "t.conf:3: key 'Path': key has an empty value");
+        assert_eq!(
+            err.to_string(),
+            "t.conf:3: key 'Path': key has an empty value"
+        );
         let err = parse_str("t.conf", "[INPUTS]\n").unwrap_err();
         assert!(err.to_string().starts_with("t.conf:1: unknown section"));
         let err = parse_str("t.conf", "[INPUT]\nName tail\n").unwrap_err();
@@ -210,7 +270,14 @@ mod tests {
 
     #[test]
     fn union_tag_regex_keeps_doubled_backslash() {
-        let doc = parse_str("u.conf", "[INPUT]\n    Tag_Regex           (?:\\\\.[a-z0-9])-\n").unwrap();
-        assert_eq!(doc.sections[0].get("tag_regex").unwrap().value, "(?:\\\\.[a-z0-9])-");
+        let doc = parse_str(
+            "u.conf",
+            "[INPUT]\n    Tag_Regex           (?:\\\\.[a-z0-9])-\n",
+        )
+        .unwrap();
+        assert_eq!(
+            doc.sections[0].get("tag_regex").unwrap().value,
+            "(?:\\\\.[a-z0-9])-"
+        );
     }
 }

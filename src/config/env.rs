@@ -19,9 +19,9 @@ impl ConfigEnv {
     fn lookup(&self, name: &str) -> Option<String> {
         let value = match self.vars.get(name) {
             Some(v) => Some(v.clone()),
-            None => std::env::var(name).ok().or_else(|| {
-                (name == "HOSTNAME").then(hostname).flatten()
-            }),
+            None => std::env::var(name)
+                .ok()
+                .or_else(|| (name == "HOSTNAME").then(hostname).flatten()),
         };
         value.filter(|v| !v.is_empty())
     }

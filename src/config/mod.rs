@@ -53,7 +53,11 @@ impl fmt::Display for ConfigError {
 
 impl ConfigError {
     pub fn at(origin: &Origin, message: impl Into<String>) -> Self {
-        ConfigError { origin: Some(origin.clone()), key: None, message: message.into() }
+        ConfigError {
+            origin: Some(origin.clone()),
+            key: None,
+            message: message.into(),
+        }
     }
     pub fn key(prop: &Property, message: impl Into<String>) -> Self {
         ConfigError {
@@ -63,7 +67,11 @@ impl ConfigError {
         }
     }
     pub fn plain(message: impl Into<String>) -> Self {
-        ConfigError { origin: None, key: None, message: message.into() }
+        ConfigError {
+            origin: None,
+            key: None,
+            message: message.into(),
+        }
     }
 }
 
@@ -109,7 +117,10 @@ pub struct Section {
 
 impl Section {
     pub fn get(&self, key: &str) -> Option<&Property> {
-        self.props.iter().rev().find(|p| p.key.eq_ignore_ascii_case(key))
+        self.props
+            .iter()
+            .rev()
+            .find(|p| p.key.eq_ignore_ascii_case(key))
     }
 }
 
@@ -130,13 +141,21 @@ impl ConfigDocument {
 
     /// Loads a config by its extension (`.yaml`/`.yml` → YAML, anything else → classic).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let mut doc = if is_yaml(path) { yaml::load(path)? } else { classic::load(path)? };
+        let mut doc = if is_yaml(path) {
+            yaml::load(path)?
+        } else {
+            classic::load(path)?
+        };
         doc.load_parsers_files()?;
         Ok(doc)
     }
 
     /// Loads an extra parsers file (`-R/--parser`, `[SERVICE] Parsers_File`).
-    pub fn load_parsers_file(&mut self, path: &Path, origin: Option<&Property>) -> Result<(), ConfigError> {
+    pub fn load_parsers_file(
+        &mut self,
+        path: &Path,
+        origin: Option<&Property>,
+    ) -> Result<(), ConfigError> {
         let resolved = if path.is_absolute() || path.exists() {
             path.to_path_buf()
         } else {
@@ -149,7 +168,11 @@ impl ConfigDocument {
                 None => ConfigError::plain(msg),
             });
         }
-        let parsed = if is_yaml(&resolved) { yaml::load(&resolved)? } else { classic::load(&resolved)? };
+        let parsed = if is_yaml(&resolved) {
+            yaml::load(&resolved)?
+        } else {
+            classic::load(&resolved)?
+        };
         for section in parsed.sections {
             match section.kind {
                 SectionKind::Parser | SectionKind::MultilineParser => self.sections.push(section),
@@ -179,7 +202,10 @@ impl ConfigDocument {
 }
 
 fn is_yaml(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
 }
 
 /// A plugin's view of its section: typed getters that record which keys were consumed, so that
@@ -191,11 +217,17 @@ pub struct Props<'a> {
 
 impl<'a> Props<'a> {
     pub fn new(section: &'a Section) -> Self {
-        Props { section, used: RefCell::new(vec![false; section.props.len()]) }
+        Props {
+            section,
+            used: RefCell::new(vec![false; section.props.len()]),
+        }
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.section.props.iter().rposition(|p| p.key.eq_ignore_ascii_case(key))
+        self.section
+            .props
+            .iter()
+            .rposition(|p| p.key.eq_ignore_ascii_case(key))
     }
 
     /// Marks keys as understood but without effect (documented in the README's compatibility table).
@@ -239,31 +271,43 @@ impl<'a> Props<'a> {
 
     pub fn required(&self, key: &str) -> Result<&'a Property, ConfigError> {
         self.prop(key).ok_or_else(|| {
-            ConfigError::at(&self.section.origin, format!("missing required key '{key}'"))
+            ConfigError::at(
+                &self.section.origin,
+                format!("missing required key '{key}'"),
+            )
         })
     }
 
     pub fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
         match self.prop(key) {
             None => Ok(default),
-            Some(p) => units::parse_bool(&p.value)
-                .ok_or_else(|| ConfigError::key(p, format!("'{}' is not a boolean (on/off/true/false/yes/no)", p.value))),
+            Some(p) => units::parse_bool(&p.value).ok_or_else(|| {
+                ConfigError::key(
+                    p,
+                    format!("'{}' is not a boolean (on/off/true/false/yes/no)", p.value),
+                )
+            }),
         }
     }
 
     pub fn size(&self, key: &str, default: u64) -> Result<u64, ConfigError> {
         match self.prop(key) {
             None => Ok(default),
-            Some(p) => units::parse_size(&p.value)
-                .ok_or_else(|| ConfigError::key(p, format!("'{}' is not a size (e.g. 32k, 5M, 1G)", p.value))),
+            Some(p) => units::parse_size(&p.value).ok_or_else(|| {
+                ConfigError::key(p, format!("'{}' is not a size (e.g. 32k, 5M, 1G)", p.value))
+            }),
         }
     }
 
     pub fn duration(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
         match self.prop(key) {
             None => Ok(default),
-            Some(p) => units::parse_duration(&p.value)
-                .ok_or_else(|| ConfigError::key(p, format!("'{}' is not a time (e.g. 5, 10s, 1m, 2h)", p.value))),
+            Some(p) => units::parse_duration(&p.value).ok_or_else(|| {
+                ConfigError::key(
+                    p,
+                    format!("'{}' is not a time (e.g. 5, 10s, 1m, 2h)", p.value),
+                )
+            }),
         }
     }
 
@@ -283,7 +327,10 @@ impl<'a> Props<'a> {
         let used = self.used.borrow();
         for (i, p) in self.section.props.iter().enumerate() {
             if !used[i] {
-                return Err(ConfigError::key(p, format!("unknown key for plugin '{plugin}'")));
+                return Err(ConfigError::key(
+                    p,
+                    format!("unknown key for plugin '{plugin}'"),
+                ));
             }
         }
         Ok(())

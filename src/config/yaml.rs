@@ -21,33 +21,59 @@ pub fn load(path: &Path) -> Result<ConfigDocument, ConfigError> {
     Ok(doc)
 }
 
-fn read_file(doc: &mut ConfigDocument, path: &Path, stack: &mut Vec<PathBuf>, from: Option<&Origin>) -> Result<(), ConfigError> {
+fn read_file(
+    doc: &mut ConfigDocument,
+    path: &Path,
+    stack: &mut Vec<PathBuf>,
+    from: Option<&Origin>,
+) -> Result<(), ConfigError> {
     let fail = |msg: String| match from {
         Some(o) => ConfigError::at(o, msg),
         None => ConfigError::plain(msg),
     };
-    let canonical = std::fs::canonicalize(path).map_err(|e| fail(format!("cannot open config file '{}': {e}", path.display())))?;
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|e| fail(format!("cannot open config file '{}': {e}", path.display())))?;
     if stack.contains(&canonical) {
-        return Err(fail(format!("include cycle: '{}' is already being read", path.display())));
+        return Err(fail(format!(
+            "include cycle: '{}' is already being read",
+            path.display()
+        )));
     }
-    let text = std::fs::read_to_string(&canonical).map_err(|e| fail(format!("cannot read '{}': {e}", path.display())))?;
+    let text = std::fs::read_to_string(&canonical)
+        .map_err(|e| fail(format!("cannot read '{}': {e}", path.display())))?;
     let file = Arc::new(path.to_path_buf());
     let root: Value = serde_norway::from_str(&text).map_err(|e| {
         let line = e.location().map(|l| l.line()).unwrap_or(0);
-        ConfigError::at(&Origin { file: file.clone(), line }, format!("invalid YAML: {e}"))
+        ConfigError::at(
+            &Origin {
+                file: file.clone(),
+                line,
+            },
+            format!("invalid YAML: {e}"),
+        )
     })?;
     let Value::Mapping(root) = root else {
         if root.is_null() {
             return Ok(());
         }
-        return Err(ConfigError::at(&Origin { file, line: 1 }, "a YAML config must be a mapping"));
+        return Err(ConfigError::at(
+            &Origin { file, line: 1 },
+            "a YAML config must be a mapping",
+        ));
     };
-    let mut locator = LineLocator { lines: text.lines().collect(), cursor: 0, file: file.clone() };
+    let mut locator = LineLocator {
+        lines: text.lines().collect(),
+        cursor: 0,
+        file: file.clone(),
+    };
     stack.push(canonical);
 
     if let Some(env) = root.get("env") {
         let Value::Mapping(env) = env else {
-            return Err(ConfigError::at(&locator.find("env:"), "'env' must be a mapping"));
+            return Err(ConfigError::at(
+                &locator.find("env:"),
+                "'env' must be a mapping",
+            ));
         };
         for (k, v) in env {
             let name = scalar(k).unwrap_or_default();
@@ -61,7 +87,11 @@ fn read_file(doc: &mut ConfigDocument, path: &Path, stack: &mut Vec<PathBuf>, fr
         for inc in as_list(includes) {
             let target = scalar(inc).unwrap_or_default();
             let p = Path::new(&target);
-            let resolved = if p.is_absolute() { p.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).join(p) };
+            let resolved = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                path.parent().unwrap_or(Path::new(".")).join(p)
+            };
             read_file(doc, &resolved, stack, Some(&origin))?;
         }
     }
@@ -74,7 +104,11 @@ fn read_file(doc: &mut ConfigDocument, path: &Path, stack: &mut Vec<PathBuf>, fr
                 push_section(doc, &mut locator, SectionKind::Service, origin, value)?;
             }
             "parsers" | "multiline_parsers" => {
-                let kind = if key == "parsers" { SectionKind::Parser } else { SectionKind::MultilineParser };
+                let kind = if key == "parsers" {
+                    SectionKind::Parser
+                } else {
+                    SectionKind::MultilineParser
+                };
                 locator.find(&format!("{key}:"));
                 for item in as_list(value) {
                     let origin = locator.find("-");
@@ -84,7 +118,10 @@ fn read_file(doc: &mut ConfigDocument, path: &Path, stack: &mut Vec<PathBuf>, fr
             "pipeline" => {
                 locator.find("pipeline:");
                 let Value::Mapping(pipeline) = value else {
-                    return Err(ConfigError::at(&locator.here(), "'pipeline' must be a mapping"));
+                    return Err(ConfigError::at(
+                        &locator.here(),
+                        "'pipeline' must be a mapping",
+                    ));
                 };
                 for (pk, pv) in pipeline {
                     let pk = scalar(pk).unwrap_or_default();
@@ -92,7 +129,12 @@ fn read_file(doc: &mut ConfigDocument, path: &Path, stack: &mut Vec<PathBuf>, fr
                         "inputs" => SectionKind::Input,
                         "filters" => SectionKind::Filter,
                         "outputs" => SectionKind::Output,
-                        other => return Err(ConfigError::at(&locator.find(&format!("{other}:")), format!("unknown pipeline key '{other}'"))),
+                        other => {
+                            return Err(ConfigError::at(
+                                &locator.find(&format!("{other}:")),
+                                format!("unknown pipeline key '{other}'"),
+                            ))
+                        }
                     };
                     locator.find(&format!("{pk}:"));
                     for item in as_list(pv) {
@@ -102,7 +144,10 @@ fn read_file(doc: &mut ConfigDocument, path: &Path, stack: &mut Vec<PathBuf>, fr
                 }
             }
             other => {
-                return Err(ConfigError::at(&locator.find(&format!("{other}:")), format!("unknown or unsupported top-level key '{other}'")));
+                return Err(ConfigError::at(
+                    &locator.find(&format!("{other}:")),
+                    format!("unknown or unsupported top-level key '{other}'"),
+                ));
             }
         }
     }
@@ -110,35 +155,80 @@ fn read_file(doc: &mut ConfigDocument, path: &Path, stack: &mut Vec<PathBuf>, fr
     Ok(())
 }
 
-fn push_section(doc: &mut ConfigDocument, locator: &mut LineLocator, kind: SectionKind, origin: Origin, value: &Value) -> Result<(), ConfigError> {
+fn push_section(
+    doc: &mut ConfigDocument,
+    locator: &mut LineLocator,
+    kind: SectionKind,
+    origin: Origin,
+    value: &Value,
+) -> Result<(), ConfigError> {
     let Value::Mapping(map) = value else {
-        return Err(ConfigError::at(&origin, "expected a mapping of keys to values"));
+        return Err(ConfigError::at(
+            &origin,
+            "expected a mapping of keys to values",
+        ));
     };
-    let mut section = Section { kind, origin: origin.clone(), props: Vec::new() };
+    let mut section = Section {
+        kind,
+        origin: origin.clone(),
+        props: Vec::new(),
+    };
     let start = locator.cursor;
     for (k, v) in map {
         let key = scalar(k).unwrap_or_default();
         locator.cursor = start.saturating_sub(1);
         let prop_origin = locator.find(&format!("{key}:"));
         let values: Vec<String> = match v {
-            Value::Sequence(items) if key == "rules" => items.iter().map(rule_text).collect::<Result<_, _>>().map_err(|m| ConfigError::at(&prop_origin, m))?,
-            Value::Sequence(items) => items.iter().map(|i| scalar(i).ok_or_else(|| ConfigError::at(&prop_origin, format!("'{key}' items must be scalars")))).collect::<Result<_, _>>()?,
-            Value::Mapping(_) if key == "processors" => return Err(ConfigError::at(&prop_origin, "processors are not supported")),
+            Value::Sequence(items) if key == "rules" => items
+                .iter()
+                .map(rule_text)
+                .collect::<Result<_, _>>()
+                .map_err(|m| ConfigError::at(&prop_origin, m))?,
+            Value::Sequence(items) => items
+                .iter()
+                .map(|i| {
+                    scalar(i).ok_or_else(|| {
+                        ConfigError::at(&prop_origin, format!("'{key}' items must be scalars"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Value::Mapping(_) if key == "processors" => {
+                return Err(ConfigError::at(
+                    &prop_origin,
+                    "processors are not supported",
+                ))
+            }
             // Fluent Bit reads YAML scalars as text: `name: null` is the `null` plugin.
             Value::Null if locator.line_has_value(&prop_origin, &key) => vec!["null".to_string()],
             Value::Null => vec![String::new()],
-            other => vec![scalar(other).ok_or_else(|| ConfigError::at(&prop_origin, format!("'{key}' must be a scalar")))?],
+            other => vec![scalar(other).ok_or_else(|| {
+                ConfigError::at(&prop_origin, format!("'{key}' must be a scalar"))
+            })?],
         };
-        let key = if key == "rules" { "rule".to_string() } else { key };
+        let key = if key == "rules" {
+            "rule".to_string()
+        } else {
+            key
+        };
         for raw in values {
             let (value, unset) = doc.env.expand(&raw);
             for name in unset {
-                doc.warnings.push(format!("{prop_origin}: variable ${{{name}}} is used but not set"));
+                doc.warnings.push(format!(
+                    "{prop_origin}: variable ${{{name}}} is used but not set"
+                ));
             }
             if value.is_empty() {
-                return Err(ConfigError { origin: Some(prop_origin.clone()), key: Some(key.clone()), message: "key has an empty value".into() });
+                return Err(ConfigError {
+                    origin: Some(prop_origin.clone()),
+                    key: Some(key.clone()),
+                    message: "key has an empty value".into(),
+                });
             }
-            section.props.push(Property { key: key.clone(), value, origin: prop_origin.clone() });
+            section.props.push(Property {
+                key: key.clone(),
+                value,
+                origin: prop_origin.clone(),
+            });
         }
     }
     doc.sections.push(section);
@@ -147,8 +237,17 @@ fn push_section(doc: &mut ConfigDocument, locator: &mut LineLocator, kind: Secti
 
 /// A YAML multiline rule `{state, regex, next_state}` → the classic `"state" "/regex/" "next"` text.
 fn rule_text(v: &Value) -> Result<String, String> {
-    let field = |k: &str| v.get(k).and_then(scalar).ok_or_else(|| format!("a rule needs '{k}'"));
-    Ok(format!("\"{}\" \"/{}/\" \"{}\"", field("state")?, field("regex")?, field("next_state")?))
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(scalar)
+            .ok_or_else(|| format!("a rule needs '{k}'"))
+    };
+    Ok(format!(
+        "\"{}\" \"/{}/\" \"{}\"",
+        field("state")?,
+        field("regex")?,
+        field("next_state")?
+    ))
 }
 
 fn as_list(v: &Value) -> Vec<&Value> {
@@ -192,12 +291,19 @@ impl LineLocator<'_> {
 
     /// Whether `key:` on the origin's line is followed by text (as opposed to an empty value).
     fn line_has_value(&self, origin: &Origin, key: &str) -> bool {
-        let Some(line) = self.lines.get(origin.line.saturating_sub(1)) else { return false };
+        let Some(line) = self.lines.get(origin.line.saturating_sub(1)) else {
+            return false;
+        };
         let t = line.trim_start().trim_start_matches("- ");
-        t.strip_prefix(key).and_then(|r| r.strip_prefix(':')).is_some_and(|v| !v.trim().is_empty())
+        t.strip_prefix(key)
+            .and_then(|r| r.strip_prefix(':'))
+            .is_some_and(|v| !v.trim().is_empty())
     }
 
     fn here(&self) -> Origin {
-        Origin { file: self.file.clone(), line: self.cursor.max(1) }
+        Origin {
+            file: self.file.clone(),
+            line: self.cursor.max(1),
+        }
     }
 }

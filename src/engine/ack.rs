@@ -21,7 +21,10 @@ pub struct MemBudget {
 
 impl MemBudget {
     pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(MemBudget { used: AtomicU64::new(0), limit })
+        Arc::new(MemBudget {
+            used: AtomicU64::new(0),
+            limit,
+        })
     }
     pub fn is_full(&self) -> bool {
         self.used.load(Ordering::Acquire) >= self.limit
@@ -64,7 +67,12 @@ pub struct Claim {
 impl Claim {
     /// Creates `outputs` claims on a batch of `bytes`; `on_settled` runs when all are settled.
     /// With no outputs the callback runs at once (Fluent Bit drops unrouted records too).
-    pub fn split(outputs: usize, bytes: u64, budget: &Arc<MemBudget>, on_settled: Callback) -> Vec<Claim> {
+    pub fn split(
+        outputs: usize,
+        bytes: u64,
+        budget: &Arc<MemBudget>,
+        on_settled: Callback,
+    ) -> Vec<Claim> {
         if outputs == 0 {
             on_settled();
             return Vec::new();
@@ -77,7 +85,11 @@ impl Claim {
             budget: budget.clone(),
             bytes,
         });
-        (0..outputs).map(|_| Claim { ticket: Some(ticket.clone()) }).collect()
+        (0..outputs)
+            .map(|_| Claim {
+                ticket: Some(ticket.clone()),
+            })
+            .collect()
     }
 
     fn settle(mut self, abandoned: bool) {
@@ -85,7 +97,8 @@ impl Claim {
             if abandoned {
                 t.abandoned.store(true, Ordering::Release);
             }
-            if t.pending.fetch_sub(1, Ordering::AcqRel) == 1 && !t.abandoned.load(Ordering::Acquire) {
+            if t.pending.fetch_sub(1, Ordering::AcqRel) == 1 && !t.abandoned.load(Ordering::Acquire)
+            {
                 if let Some(cb) = t.on_settled.lock().expect("ticket lock").take() {
                     cb();
                 }
@@ -121,9 +134,12 @@ mod tests {
     fn counter() -> (Arc<AtomicUsize>, Callback) {
         let c = Arc::new(AtomicUsize::new(0));
         let c2 = c.clone();
-        (c, Box::new(move || {
-            c2.fetch_add(1, Ordering::SeqCst);
-        }))
+        (
+            c,
+            Box::new(move || {
+                c2.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
     }
 
     #[test]

@@ -81,7 +81,12 @@ pub struct HealthWindow {
 
 impl HealthWindow {
     pub fn new(errors_limit: u64, retry_failure_limit: u64, period: Duration) -> Self {
-        HealthWindow { errors_limit, retry_failure_limit, period, events: Mutex::new(VecDeque::new()) }
+        HealthWindow {
+            errors_limit,
+            retry_failure_limit,
+            period,
+            events: Mutex::new(VecDeque::new()),
+        }
     }
 
     fn record(&self, retry_failure: bool) {

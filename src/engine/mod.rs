@@ -30,6 +30,9 @@ pub use ack::{Claim, MemBudget};
 use metrics::{FilterMetrics, HealthWindow, InputMetrics, OutputMetrics, Registry};
 use router::TagMatcher;
 
+/// Estimated per-record memory beyond the source bytes (record map, keys, value slots).
+pub const RECORD_OVERHEAD: u64 = 320;
+
 /// Records that share a tag, as one input produced them.
 #[derive(Debug)]
 pub struct EventBatch {
@@ -67,7 +70,13 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Filters, routes and queues `events`; `on_settled` runs once every output has them.
-    pub fn dispatch(&mut self, tag: &Arc<str>, mut events: Vec<Event>, raw_bytes: u64, on_settled: Box<dyn FnOnce() + Send>) {
+    pub fn dispatch(
+        &mut self,
+        tag: &Arc<str>,
+        mut events: Vec<Event>,
+        raw_bytes: u64,
+        on_settled: Box<dyn FnOnce() + Send>,
+    ) {
         self.metrics.records.add(events.len() as u64);
         self.metrics.bytes.add(raw_bytes);
         for stage in self.filters.iter() {
@@ -78,19 +87,32 @@ impl Dispatcher {
             }
         }
         let outputs = &self.outputs;
-        let route = self
-            .routes
-            .entry(tag.clone())
-            .or_insert_with(|| outputs.iter().enumerate().filter(|(_, o)| o.matcher.matches(tag)).map(|(i, _)| i).collect());
+        let route = self.routes.entry(tag.clone()).or_insert_with(|| {
+            outputs
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.matcher.matches(tag))
+                .map(|(i, _)| i)
+                .collect()
+        });
         if events.is_empty() {
             on_settled();
             return;
         }
-        let claims = Claim::split(route.len(), raw_bytes, &self.budget, on_settled);
-        let batch = Arc::new(EventBatch { tag: tag.clone(), events, raw_bytes });
+        // The budget bounds memory, so charge what the batch costs in memory, not just its source.
+        let in_memory = raw_bytes + events.len() as u64 * RECORD_OVERHEAD;
+        let claims = Claim::split(route.len(), in_memory, &self.budget, on_settled);
+        let batch = Arc::new(EventBatch {
+            tag: tag.clone(),
+            events,
+            raw_bytes,
+        });
         for (claim, &i) in claims.into_iter().zip(route.iter()) {
             // A closed queue means the output stopped (shutdown): the claim is dropped unsettled.
-            let _ = self.outputs[i].queue.send(Delivery { batch: batch.clone(), claim });
+            let _ = self.outputs[i].queue.send(Delivery {
+                batch: batch.clone(),
+                claim,
+            });
         }
     }
 
@@ -118,7 +140,14 @@ pub struct ServiceConfig {
 
 impl ServiceConfig {
     pub fn from_doc(doc: &ConfigDocument) -> Result<Self, ConfigError> {
-        let empty = Section { kind: SectionKind::Service, origin: crate::config::Origin { file: Arc::new("<default>".into()), line: 0 }, props: Vec::new() };
+        let empty = Section {
+            kind: SectionKind::Service,
+            origin: crate::config::Origin {
+                file: Arc::new("<default>".into()),
+                line: 0,
+            },
+            props: Vec::new(),
+        };
         let merged = doc.of_kind(SectionKind::Service).fold(empty, |mut acc, s| {
             acc.origin = s.origin.clone();
             acc.props.extend(s.props.iter().cloned());
@@ -127,17 +156,27 @@ impl ServiceConfig {
         let p = Props::new(&merged);
         let grace = match p.prop("grace") {
             Some(g) if g.value.trim() == "-1" => Duration::from_secs(u32::MAX as u64),
-            Some(g) => crate::config::units::parse_duration(&g.value).ok_or_else(|| ConfigError::key(g, "expected seconds or -1"))?,
+            Some(g) => crate::config::units::parse_duration(&g.value)
+                .ok_or_else(|| ConfigError::key(g, "expected seconds or -1"))?,
             None => Duration::from_secs(5),
         };
         let log_level = p.string_or("log_level", "info").to_ascii_lowercase();
-        if !["off", "error", "warn", "warning", "info", "debug", "trace"].contains(&log_level.as_str()) {
+        if !["off", "error", "warn", "warning", "info", "debug", "trace"]
+            .contains(&log_level.as_str())
+        {
             let prop = p.prop("log_level").expect("set");
-            return Err(ConfigError::key(prop, "expected off, error, warn, info, debug or trace"));
+            return Err(ConfigError::key(
+                prop,
+                "expected off, error, warn, info, debug or trace",
+            ));
         }
         let port_prop = p.prop("http_port");
         let http_port = match port_prop {
-            Some(pp) => pp.value.trim().parse().map_err(|_| ConfigError::key(pp, "not a port number"))?,
+            Some(pp) => pp
+                .value
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::key(pp, "not a port number"))?,
             None => 2020,
         };
         let cfg = ServiceConfig {
@@ -152,10 +191,23 @@ impl ServiceConfig {
             hc_retry_failure_count: p.int("hc_retry_failure_count", 5)?.max(0) as u64,
             hc_period: Duration::from_secs(p.int("hc_period", 60)?.max(1) as u64),
             storage_path: p.str("storage.path").map(str::to_string),
-            backoff: outputs::Backoff { base: p.int("scheduler.base", 5)?.max(1) as u64, cap: p.int("scheduler.cap", 2000)?.max(1) as u64 },
+            backoff: outputs::Backoff {
+                base: p.int("scheduler.base", 5)?.max(1) as u64,
+                cap: p.int("scheduler.cap", 2000)?.max(1) as u64,
+            },
         };
         p.all("parsers_file");
-        p.accept(&["daemon", "log_file", "storage.sync", "storage.checksum", "storage.metrics", "storage.max_chunks_up", "storage.backlog.mem_limit", "hot_reload", "coro_stack_size"]);
+        p.accept(&[
+            "daemon",
+            "log_file",
+            "storage.sync",
+            "storage.checksum",
+            "storage.metrics",
+            "storage.max_chunks_up",
+            "storage.backlog.mem_limit",
+            "hot_reload",
+            "coro_stack_size",
+        ]);
         p.finish("service")?;
         Ok(cfg)
     }
@@ -179,7 +231,13 @@ pub struct Pipeline {
 }
 
 fn plugin_name(p: &Props, kind: &str) -> Result<String, ConfigError> {
-    Ok(p.required("name").map_err(|e| ConfigError { message: format!("{kind} section: {}", e.message), ..e })?.value.to_ascii_lowercase())
+    Ok(p.required("name")
+        .map_err(|e| ConfigError {
+            message: format!("{kind} section: {}", e.message),
+            ..e
+        })?
+        .value
+        .to_ascii_lowercase())
 }
 
 impl Pipeline {
@@ -190,7 +248,11 @@ impl Pipeline {
             service.flush = f;
         }
         let parsers = ParserRegistry::from_config(doc)?;
-        let health = Arc::new(HealthWindow::new(service.hc_errors_count, service.hc_retry_failure_count, service.hc_period));
+        let health = Arc::new(HealthWindow::new(
+            service.hc_errors_count,
+            service.hc_retry_failure_count,
+            service.hc_period,
+        ));
         let mut registry = Registry::new(health.clone(), service.health_check);
 
         let input_sections: Vec<&Section> = doc.of_kind(SectionKind::Input).collect();
@@ -212,20 +274,43 @@ impl Pipeline {
                 Some(m) => m,
                 None if auto_connect => TagMatcher::everything(),
                 None => {
-                    tracing::warn!("{}: output '{name}' has no Match or Match_Regex: it receives nothing", section.origin);
+                    tracing::warn!(
+                        "{}: output '{name}' has no Match or Match_Regex: it receives nothing",
+                        section.origin
+                    );
                     TagMatcher::never()
                 }
             };
             let alias = p.str("alias").map(str::to_string);
             let retry_limit = outputs::parse_retry_limit(&p)?;
             let plugin = OutputPlugin::build(&name, &p)?;
-            p.accept(&["log_level", "workers", "storage.total_limit_size", "net.connect_timeout", "net.keepalive", "tls", "tls.verify"]);
+            p.accept(&[
+                "log_level",
+                "workers",
+                "storage.total_limit_size",
+                "net.connect_timeout",
+                "net.keepalive",
+                "tls",
+                "tls.verify",
+            ]);
             p.finish(&name)?;
-            let metrics = Arc::new(OutputMetrics { name: alias.unwrap_or_else(|| format!("{name}.{index}")), ..Default::default() });
+            let metrics = Arc::new(OutputMetrics {
+                name: alias.unwrap_or_else(|| format!("{name}.{index}")),
+                ..Default::default()
+            });
             registry.outputs.push(metrics.clone());
             let (tx, rx) = mpsc::unbounded_channel();
             ports.push(OutputPort { matcher, queue: tx });
-            outputs.push((OutputRunner { plugin, metrics, health: health.clone(), retry_limit, backoff: service.backoff }, rx));
+            outputs.push((
+                OutputRunner {
+                    plugin,
+                    metrics,
+                    health: health.clone(),
+                    retry_limit,
+                    backoff: service.backoff,
+                },
+                rx,
+            ));
         }
 
         let mut filters = Vec::new();
@@ -237,9 +322,16 @@ impl Pipeline {
             let filter = Filter::build(&name, &p)?;
             p.accept(&["log_level"]);
             p.finish(&name)?;
-            let metrics = Arc::new(FilterMetrics { name: alias.unwrap_or_else(|| format!("{name}.{index}")), ..Default::default() });
+            let metrics = Arc::new(FilterMetrics {
+                name: alias.unwrap_or_else(|| format!("{name}.{index}")),
+                ..Default::default()
+            });
             registry.filters.push(metrics.clone());
-            filters.push(FilterStage { matcher, filter, metrics });
+            filters.push(FilterStage {
+                matcher,
+                filter,
+                metrics,
+            });
         }
 
         let mut inputs = Vec::new();
@@ -250,19 +342,41 @@ impl Pipeline {
             let alias = p.str("alias").map(str::to_string);
             let instance = alias.unwrap_or_else(|| format!("{name}.{index}"));
             let (input, budget) = inputs::Input::build(&name, &instance, &p, &parsers, &service)?;
-            p.accept(&["log_level", "threaded", "storage.type", "storage.pause_on_chunks_overlimit", "routable"]);
+            p.accept(&[
+                "log_level",
+                "threaded",
+                "storage.type",
+                "storage.pause_on_chunks_overlimit",
+                "routable",
+            ]);
             p.finish(&name)?;
             registry.inputs.push(input.metrics());
             budgets.push(budget);
             inputs.push(input);
         }
-        Ok(Pipeline { service, registry: Arc::new(registry), inputs, outputs, ports: Arc::new(ports), filters: Arc::new(filters), budgets })
+        Ok(Pipeline {
+            service,
+            registry: Arc::new(registry),
+            inputs,
+            outputs,
+            ports: Arc::new(ports),
+            filters: Arc::new(filters),
+            budgets,
+        })
     }
 
     /// Runs until SIGTERM/SIGINT (or every input finished, e.g. `Exit_On_Eof`), then shuts down
     /// within `Grace`.
     pub async fn run(self) -> anyhow::Result<()> {
-        let Pipeline { service, registry, inputs, outputs, ports, filters, budgets } = self;
+        let Pipeline {
+            service,
+            registry,
+            inputs,
+            outputs,
+            ports,
+            filters,
+            budgets,
+        } = self;
         let (hard_stop_tx, hard_stop_rx) = watch::channel(false);
         let mut output_tasks = Vec::new();
         for (runner, rx) in outputs {
@@ -283,20 +397,31 @@ impl Pipeline {
                 outputs: ports.clone(),
                 routes: HashMap::new(),
             };
-            let ctx = InputContext { dispatcher, stop: stop.clone(), flush: service.flush, grace: service.grace, runtime: tokio::runtime::Handle::current() };
+            let ctx = InputContext {
+                dispatcher,
+                stop: stop.clone(),
+                flush: service.flush,
+                grace: service.grace,
+                runtime: tokio::runtime::Handle::current(),
+            };
             let done = finished_tx.clone();
             let name = input.metrics().name.clone();
-            threads.push(std::thread::Builder::new().name(name.clone()).spawn(move || {
-                if let Err(e) = input.run(ctx) {
-                    tracing::error!(input = %name, "input stopped with an error: {e:#}");
-                }
-                let _ = done.send(name);
-            })?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn(move || {
+                        if let Err(e) = input.run(ctx) {
+                            tracing::error!(input = %name, "input stopped with an error: {e:#}");
+                        }
+                        let _ = done.send(name);
+                    })?,
+            );
         }
         drop(finished_tx);
         drop(ports);
 
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut finished = 0;
         let mut exit_on_eof = false;
         while finished < input_count && !exit_on_eof {
@@ -318,12 +443,19 @@ impl Pipeline {
         };
         tokio::pin!(all_done);
         // Inputs close their dispatchers when they stop; outputs then drain and exit.
-        if tokio::time::timeout_at(deadline, &mut all_done).await.is_err() {
+        if tokio::time::timeout_at(deadline, &mut all_done)
+            .await
+            .is_err()
+        {
             tracing::warn!("Grace period expired with undelivered records: they stay uncommitted and are read again on restart");
             let _ = hard_stop_tx.send(true);
             all_done.await;
         }
-        let join = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| { let _ = t.join(); }));
+        let join = tokio::task::spawn_blocking(move || {
+            threads.into_iter().for_each(|t| {
+                let _ = t.join();
+            })
+        });
         let _ = tokio::time::timeout(Duration::from_secs(10), join).await;
         Ok(())
     }

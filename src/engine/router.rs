@@ -27,7 +27,10 @@ impl TagMatcher {
     }
 
     pub fn everything() -> Self {
-        TagMatcher { glob: Some("*".into()), regex: None }
+        TagMatcher {
+            glob: Some("*".into()),
+            regex: None,
+        }
     }
 
     pub fn matches(&self, tag: &str) -> bool {
@@ -36,7 +39,9 @@ impl TagMatcher {
                 return true;
             }
         }
-        self.glob.as_deref().is_some_and(|g| glob_match(g.as_bytes(), tag.as_bytes()))
+        self.glob
+            .as_deref()
+            .is_some_and(|g| glob_match(g.as_bytes(), tag.as_bytes()))
     }
 }
 

@@ -37,7 +37,8 @@ impl Grep {
             } else {
                 continue;
             };
-            let (key, re) = key_and_rest(&prop.value).ok_or_else(|| ConfigError::key(prop, "expected 'KEY REGEX'"))?;
+            let (key, re) = key_and_rest(&prop.value)
+                .ok_or_else(|| ConfigError::key(prop, "expected 'KEY REGEX'"))?;
             rules.push(Rule {
                 exclude,
                 key: KeyPath::parse(key).map_err(|e| ConfigError::key(prop, e))?,
@@ -55,11 +56,20 @@ impl Grep {
                 _ => return Err(ConfigError::key(o, "expected legacy, AND or OR")),
             },
         };
-        if op != LogicalOp::Legacy && rules.iter().any(|r| r.exclude) && rules.iter().any(|r| !r.exclude) {
-            return Err(ConfigError::at(&p.section.origin, "Regex and Exclude cannot be mixed with Logical_Op AND/OR"));
+        if op != LogicalOp::Legacy
+            && rules.iter().any(|r| r.exclude)
+            && rules.iter().any(|r| !r.exclude)
+        {
+            return Err(ConfigError::at(
+                &p.section.origin,
+                "Regex and Exclude cannot be mixed with Logical_Op AND/OR",
+            ));
         }
         if rules.is_empty() {
-            return Err(ConfigError::at(&p.section.origin, "grep needs at least one Regex or Exclude rule"));
+            return Err(ConfigError::at(
+                &p.section.origin,
+                "grep needs at least one Regex or Exclude rule",
+            ));
         }
         Ok(Grep { rules, op })
     }
@@ -73,7 +83,10 @@ impl Grep {
 
     pub fn keep(&self, record: &Map) -> bool {
         match self.op {
-            LogicalOp::Legacy => self.rules.iter().all(|r| Self::rule_matches(r, record) != r.exclude),
+            LogicalOp::Legacy => self
+                .rules
+                .iter()
+                .all(|r| Self::rule_matches(r, record) != r.exclude),
             LogicalOp::And | LogicalOp::Or => {
                 let exclude = self.rules[0].exclude;
                 let hit = if self.op == LogicalOp::And {

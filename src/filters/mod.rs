@@ -20,11 +20,16 @@ impl Filter {
     pub fn build(name: &str, p: &Props) -> Result<Self, ConfigError> {
         Ok(match name {
             "grep" => Filter::Grep(grep::Grep::from_props(p)?),
-            "record_modifier" => Filter::RecordModifier(record_modifier::RecordModifier::from_props(p)?),
+            "record_modifier" => {
+                Filter::RecordModifier(record_modifier::RecordModifier::from_props(p)?)
+            }
             "modify" => Filter::Modify(modify::Modify::from_props(p)?),
             other => {
                 let prop = p.prop("name").expect("name checked by the caller");
-                return Err(ConfigError::key(prop, format!("unknown filter plugin '{other}' (grep, record_modifier, modify)")));
+                return Err(ConfigError::key(
+                    prop,
+                    format!("unknown filter plugin '{other}' (grep, record_modifier, modify)"),
+                ));
             }
         })
     }
@@ -60,9 +65,13 @@ impl KeyPath {
                 .strip_prefix("['")
                 .or_else(|| tail.strip_prefix("[\""))
                 .ok_or_else(|| format!("bad record accessor '{text}'"))?;
-            let end = inner.find(['\'', '"']).ok_or_else(|| format!("bad record accessor '{text}'"))?;
-            parts.push(Bytes::copy_from_slice(inner[..end].as_bytes()));
-            tail = inner[end + 1..].strip_prefix(']').ok_or_else(|| format!("bad record accessor '{text}'"))?;
+            let end = inner
+                .find(['\'', '"'])
+                .ok_or_else(|| format!("bad record accessor '{text}'"))?;
+            parts.push(Bytes::copy_from_slice(&inner.as_bytes()[..end]));
+            tail = inner[end + 1..]
+                .strip_prefix(']')
+                .ok_or_else(|| format!("bad record accessor '{text}'"))?;
         }
         if parts[0].is_empty() {
             return Err(format!("bad record accessor '{text}'"));

@@ -42,7 +42,8 @@ fn b(s: &str) -> Bytes {
 }
 
 fn two(prop: &Property) -> Result<(Bytes, Bytes), ConfigError> {
-    let (k, v) = key_and_rest(&prop.value).ok_or_else(|| ConfigError::key(prop, "expected 'KEY VALUE'"))?;
+    let (k, v) =
+        key_and_rest(&prop.value).ok_or_else(|| ConfigError::key(prop, "expected 'KEY VALUE'"))?;
     Ok((b(k), b(v)))
 }
 
@@ -62,8 +63,16 @@ impl Modify {
                 "remove" => Some(Rule::Remove(b(prop.value.trim()))),
                 "remove_wildcard" => Some(Rule::RemoveWildcard(b(prop.value.trim()))),
                 "remove_regex" => Some(Rule::RemoveRegex(regex(prop, prop.value.trim())?)),
-                "rename" | "hard_rename" => Some(two(prop).map(|(from, to)| Rule::Rename { from, to, hard: key == "hard_rename" })?),
-                "copy" | "hard_copy" => Some(two(prop).map(|(from, to)| Rule::Copy { from, to, hard: key == "hard_copy" })?),
+                "rename" | "hard_rename" => Some(two(prop).map(|(from, to)| Rule::Rename {
+                    from,
+                    to,
+                    hard: key == "hard_rename",
+                })?),
+                "copy" | "hard_copy" => Some(two(prop).map(|(from, to)| Rule::Copy {
+                    from,
+                    to,
+                    hard: key == "hard_copy",
+                })?),
                 "condition" => {
                     conditions.push(Self::condition(prop)?);
                     None
@@ -79,32 +88,56 @@ impl Modify {
     }
 
     fn condition(prop: &Property) -> Result<Condition, ConfigError> {
-        let mut parts = prop.value.trim().splitn(3, char::is_whitespace).filter(|s| !s.is_empty());
+        let mut parts = prop
+            .value
+            .trim()
+            .splitn(3, char::is_whitespace)
+            .filter(|s| !s.is_empty());
         let kind = parts.next().unwrap_or_default().to_ascii_lowercase();
         let a = parts.next().map(str::to_string);
         let rest = parts.next().map(|s| s.trim().to_string());
-        let need = |x: Option<String>| x.ok_or_else(|| ConfigError::key(prop, format!("condition '{kind}' needs more arguments")));
+        let need = |x: Option<String>| {
+            x.ok_or_else(|| {
+                ConfigError::key(prop, format!("condition '{kind}' needs more arguments"))
+            })
+        };
         Ok(match kind.as_str() {
             "key_exists" => Condition::KeyExists(b(&need(a)?)),
             "key_does_not_exist" => Condition::KeyDoesNotExist(b(&need(a)?)),
             "key_value_equals" => Condition::KeyValueEquals(b(&need(a)?), need(rest)?),
-            "key_value_does_not_equal" => Condition::KeyValueDoesNotEqual(b(&need(a)?), need(rest)?),
-            "key_value_matches" => Condition::KeyValueMatches(b(&need(a)?), regex(prop, &need(rest)?)?),
-            "key_value_does_not_match" => Condition::KeyValueDoesNotMatch(b(&need(a)?), regex(prop, &need(rest)?)?),
+            "key_value_does_not_equal" => {
+                Condition::KeyValueDoesNotEqual(b(&need(a)?), need(rest)?)
+            }
+            "key_value_matches" => {
+                Condition::KeyValueMatches(b(&need(a)?), regex(prop, &need(rest)?)?)
+            }
+            "key_value_does_not_match" => {
+                Condition::KeyValueDoesNotMatch(b(&need(a)?), regex(prop, &need(rest)?)?)
+            }
             "a_key_matches" => Condition::AKeyMatches(regex(prop, &need(a)?)?),
             "no_key_matches" => Condition::NoKeyMatches(regex(prop, &need(a)?)?),
-            other => return Err(ConfigError::key(prop, format!("unsupported condition '{other}'"))),
+            other => {
+                return Err(ConfigError::key(
+                    prop,
+                    format!("unsupported condition '{other}'"),
+                ))
+            }
         })
     }
 
     fn holds(c: &Condition, r: &Map) -> bool {
         let text = |k: &Bytes| r.get(k).and_then(|v| v.to_text()).map(|t| t.into_owned());
-        let any_key = |p: &Pattern| r.0.iter().any(|(k, _)| p.is_match(&String::from_utf8_lossy(k)));
+        let any_key = |p: &Pattern| {
+            r.0.iter()
+                .any(|(k, _)| p.is_match(&String::from_utf8_lossy(k)))
+        };
         match c {
             Condition::KeyExists(k) => r.contains(k),
             Condition::KeyDoesNotExist(k) => !r.contains(k),
             Condition::KeyValueEquals(k, v) => text(k).as_deref() == Some(v.as_str()),
-            Condition::KeyValueDoesNotEqual(k, v) => r.contains(k) && text(k).as_deref() != Some(v.as_str()),
+            Condition::KeyValueDoesNotEqual(k, v) => {
+                r.contains(k) && text(k).as_deref() != Some(v.as_str())
+            }
             Condition::KeyValueMatches(k, p) => text(k).is_some_and(|t| p.is_match(&t)),
             Condition::KeyValueDoesNotMatch(k, p) => text(k).is_some_and(|t| !p.is_match(&t)),
             Condition::AKeyMatches(p) => any_key(p),
@@ -131,7 +164,9 @@ impl Modify {
                     let p = prefix.strip_suffix(b"*").unwrap_or(prefix);
                     r.0.retain(|(k, _)| !k.starts_with(p));
                 }
-                Rule::RemoveRegex(p) => r.0.retain(|(k, _)| !p.is_match(&String::from_utf8_lossy(k))),
+                Rule::RemoveRegex(p) => {
+                    r.0.retain(|(k, _)| !p.is_match(&String::from_utf8_lossy(k)))
+                }
                 Rule::Rename { from, to, hard } => {
                     if r.contains(from) && (*hard || !r.contains(to)) {
                         if *hard {
@@ -173,7 +208,10 @@ mod tests {
         r.push(b("log"), Value::str("x"));
         r.push(b("stream"), Value::str("stdout"));
         m.apply(&mut r);
-        let keys: Vec<_> = r.0.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
+        let keys: Vec<_> =
+            r.0.iter()
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                .collect();
         assert_eq!(keys, vec!["message", "env", "msg2"]);
         assert_eq!(r.get(b"env"), Some(&Value::str("dev")));
     }

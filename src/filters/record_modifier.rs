@@ -18,14 +18,27 @@ impl RecordModifier {
     pub fn from_props(p: &Props) -> Result<Self, ConfigError> {
         let mut records = Vec::new();
         for prop in p.all("record") {
-            let (k, v) = key_and_rest(&prop.value).ok_or_else(|| ConfigError::key(prop, "expected 'KEY VALUE'"))?;
-            records.push((Bytes::copy_from_slice(k.as_bytes()), Bytes::copy_from_slice(v.as_bytes())));
+            let (k, v) = key_and_rest(&prop.value)
+                .ok_or_else(|| ConfigError::key(prop, "expected 'KEY VALUE'"))?;
+            records.push((
+                Bytes::copy_from_slice(k.as_bytes()),
+                Bytes::copy_from_slice(v.as_bytes()),
+            ));
         }
-        let list = |key: &str| p.all(key).into_iter().map(|x| Bytes::copy_from_slice(x.value.trim().as_bytes())).collect::<Vec<_>>();
+        let list = |key: &str| {
+            p.all(key)
+                .into_iter()
+                .map(|x| Bytes::copy_from_slice(x.value.trim().as_bytes()))
+                .collect::<Vec<_>>()
+        };
         let remove = list("remove_key");
         let mut allow = list("allowlist_key");
         allow.extend(list("whitelist_key"));
-        Ok(RecordModifier { records, remove, allow })
+        Ok(RecordModifier {
+            records,
+            remove,
+            allow,
+        })
     }
 
     pub fn apply(&self, record: &mut Map) {

@@ -20,19 +20,33 @@ pub struct Dummy {
 }
 
 impl Dummy {
-    pub fn from_props(p: &Props, tag: String, metrics: Arc<InputMetrics>) -> Result<Self, ConfigError> {
+    pub fn from_props(
+        p: &Props,
+        tag: String,
+        metrics: Arc<InputMetrics>,
+    ) -> Result<Self, ConfigError> {
         let text = p.string_or("dummy", "{\"message\":\"dummy\"}");
         let record = match crate::json::parse(text.as_bytes()) {
             Ok(Value::Map(m)) => m,
-            Ok(_) => return Err(ConfigError::key(p.prop("dummy").expect("set"), "must be a JSON object")),
+            Ok(_) => {
+                return Err(ConfigError::key(
+                    p.prop("dummy").expect("set"),
+                    "must be a JSON object",
+                ))
+            }
             Err(e) => {
-                let prop = p.prop("dummy").expect("only an explicit value can be invalid");
+                let prop = p
+                    .prop("dummy")
+                    .expect("only an explicit value can be invalid");
                 return Err(ConfigError::key(prop, format!("invalid JSON: {e}")));
             }
         };
         let rate = p.int("rate", 1)?;
         if rate < 1 {
-            return Err(ConfigError::key(p.prop("rate").expect("set"), "must be at least 1"));
+            return Err(ConfigError::key(
+                p.prop("rate").expect("set"),
+                "must be at least 1",
+            ));
         }
         Ok(Dummy {
             metrics,
@@ -54,9 +68,15 @@ impl Dummy {
                 nap(&ctx, Duration::from_millis(10));
                 continue;
             }
-            let events: Vec<Event> = (0..self.copies).map(|_| Event { time: EventTime::now(), record: self.record.clone() }).collect();
+            let events: Vec<Event> = (0..self.copies)
+                .map(|_| Event {
+                    time: EventTime::now(),
+                    record: self.record.clone(),
+                })
+                .collect();
             let bytes = self.raw_len * self.copies;
-            ctx.dispatcher.dispatch(&self.tag, events, bytes, Box::new(|| {}));
+            ctx.dispatcher
+                .dispatch(&self.tag, events, bytes, Box::new(|| {}));
             emitted += 1;
             next += interval;
             let now = Instant::now();

@@ -16,8 +16,9 @@ use crate::engine::metrics::InputMetrics;
 use crate::engine::{Dispatcher, ServiceConfig};
 use crate::parsers::ParserRegistry;
 
-/// Default in-flight byte budget for an input without `Mem_Buf_Limit`.
-pub const DEFAULT_BUDGET: u64 = 64 * 1024 * 1024;
+/// Default in-flight memory budget for an input without `Mem_Buf_Limit`. Records are handed to
+/// outputs as soon as they are read, so a few MB keep the pipeline busy.
+pub const DEFAULT_BUDGET: u64 = 8 * 1024 * 1024;
 
 pub struct InputContext {
     pub dispatcher: Dispatcher,
@@ -41,20 +42,42 @@ pub enum Input {
 
 impl Input {
     /// Builds an input and its byte budget (`Mem_Buf_Limit`, or [`DEFAULT_BUDGET`]).
-    pub fn build(name: &str, instance: &str, p: &Props, parsers: &ParserRegistry, service: &ServiceConfig) -> Result<(Self, u64), ConfigError> {
-        let metrics = Arc::new(InputMetrics { name: instance.to_string(), ..Default::default() });
+    pub fn build(
+        name: &str,
+        instance: &str,
+        p: &Props,
+        parsers: &ParserRegistry,
+        service: &ServiceConfig,
+    ) -> Result<(Self, u64), ConfigError> {
+        let metrics = Arc::new(InputMetrics {
+            name: instance.to_string(),
+            ..Default::default()
+        });
         let budget = match p.size("mem_buf_limit", 0)? {
             0 => DEFAULT_BUDGET,
             n => n,
         };
         let tag = p.str("tag").map(str::to_string);
         let input = match name {
-            "tail" => Input::Tail(Box::new(tail::Tail::from_props(p, tag, metrics, parsers, service)?)),
-            "dummy" => Input::Dummy(dummy::Dummy::from_props(p, tag.unwrap_or_else(|| instance.to_string()), metrics)?),
-            "tcp" => Input::Tcp(tcp::Tcp::from_props(p, tag.unwrap_or_else(|| instance.to_string()), metrics)?),
+            "tail" => Input::Tail(Box::new(tail::Tail::from_props(
+                p, tag, metrics, parsers, service,
+            )?)),
+            "dummy" => Input::Dummy(dummy::Dummy::from_props(
+                p,
+                tag.unwrap_or_else(|| instance.to_string()),
+                metrics,
+            )?),
+            "tcp" => Input::Tcp(tcp::Tcp::from_props(
+                p,
+                tag.unwrap_or_else(|| instance.to_string()),
+                metrics,
+            )?),
             other => {
                 let prop = p.prop("name").expect("name checked by the caller");
-                return Err(ConfigError::key(prop, format!("unknown input plugin '{other}' (tail, dummy, tcp)")));
+                return Err(ConfigError::key(
+                    prop,
+                    format!("unknown input plugin '{other}' (tail, dummy, tcp)"),
+                ));
             }
         };
         Ok((input, budget))

@@ -32,7 +32,11 @@ pub struct Tcp {
 }
 
 impl Tcp {
-    pub fn from_props(p: &Props, tag: String, metrics: Arc<InputMetrics>) -> Result<Self, ConfigError> {
+    pub fn from_props(
+        p: &Props,
+        tag: String,
+        metrics: Arc<InputMetrics>,
+    ) -> Result<Self, ConfigError> {
         let format = match p.prop("format") {
             None => TcpFormat::Json,
             Some(f) => match f.value.to_ascii_lowercase().as_str() {
@@ -42,10 +46,19 @@ impl Tcp {
             },
         };
         let port = match p.prop("port") {
-            Some(pp) => pp.value.trim().parse().map_err(|_| ConfigError::key(pp, "not a port number"))?,
+            Some(pp) => pp
+                .value
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::key(pp, "not a port number"))?,
             None => 5170,
         };
-        let separator = p.string_or("separator", "\\n").replace("\\n", "\n").replace("\\r", "\r").replace("\\t", "\t").into_bytes();
+        let separator = p
+            .string_or("separator", "\\n")
+            .replace("\\n", "\n")
+            .replace("\\r", "\r")
+            .replace("\\t", "\t")
+            .into_bytes();
         Ok(Tcp {
             metrics,
             tag: Arc::from(tag),
@@ -65,7 +78,14 @@ impl Tcp {
     async fn serve(self, ctx: InputContext) -> anyhow::Result<()> {
         let listener = TcpListener::bind((self.listen.as_str(), self.port))
             .await
-            .map_err(|e| anyhow::anyhow!("tcp input {}: cannot listen on {}:{}: {e}", self.metrics.name, self.listen, self.port))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "tcp input {}: cannot listen on {}:{}: {e}",
+                    self.metrics.name,
+                    self.listen,
+                    self.port
+                )
+            })?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Event>, u64)>(64);
         let budget: Arc<MemBudget> = ctx.dispatcher.budget.clone();
         let this = Arc::new(self);
@@ -96,7 +116,14 @@ impl Tcp {
         Ok(())
     }
 
-    async fn connection(&self, mut stream: TcpStream, peer: String, tx: tokio::sync::mpsc::Sender<(Vec<Event>, u64)>, budget: Arc<MemBudget>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    async fn connection(
+        &self,
+        mut stream: TcpStream,
+        peer: String,
+        tx: tokio::sync::mpsc::Sender<(Vec<Event>, u64)>,
+        budget: Arc<MemBudget>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) {
         let mut buf = BytesMut::with_capacity(self.buffer_size);
         loop {
             while budget.is_full() && !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -137,7 +164,11 @@ impl Tcp {
     }
 
     fn record(&self, line: Bytes, peer: &str) -> Option<Event> {
-        let line = if line.last() == Some(&b'\r') { line.slice(..line.len() - 1) } else { line };
+        let line = if line.last() == Some(&b'\r') {
+            line.slice(..line.len() - 1)
+        } else {
+            line
+        };
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             return None;
         }
@@ -145,10 +176,16 @@ impl Tcp {
             TcpFormat::None => {
                 let mut m = Map::with_capacity(1);
                 m.push(Bytes::from_static(b"log"), Value::Str(line));
-                Some(Event { time: EventTime::now(), record: m })
+                Some(Event {
+                    time: EventTime::now(),
+                    record: m,
+                })
             }
             TcpFormat::Json => match crate::json::parse(&line) {
-                Ok(Value::Map(m)) => Some(Event { time: EventTime::now(), record: m }),
+                Ok(Value::Map(m)) => Some(Event {
+                    time: EventTime::now(),
+                    record: m,
+                }),
                 Ok(_) => {
                     tracing::warn!(input = %self.metrics.name, %peer, "skipping a message that is JSON but not an object");
                     None

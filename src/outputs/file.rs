@@ -40,8 +40,15 @@ impl FileOut {
                 "out_file" => FileFormat::OutFile,
                 "plain" => FileFormat::Plain,
                 "json_lines" => FileFormat::JsonLines(DateKey::from_props(p, DateFormat::Double)?),
-                "template" => FileFormat::Template(Template::parse(&p.string_or("template", "{time} {message}"))),
-                other => return Err(ConfigError::key(f, format!("format '{other}' is not supported (out_file, plain, json_lines, template)"))),
+                "template" => FileFormat::Template(Template::parse(
+                    &p.string_or("template", "{time} {message}"),
+                )),
+                other => return Err(ConfigError::key(
+                    f,
+                    format!(
+                        "format '{other}' is not supported (out_file, plain, json_lines, template)"
+                    ),
+                )),
             },
         };
         Ok(FileOut {
@@ -69,9 +76,14 @@ impl FileOut {
                     std::fs::create_dir_all(parent)?;
                 }
             }
-            let f = OpenOptions::new().create(true).read(true).append(true).open(path).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot open '{}': {e}", path.display()))
-            })?;
+            let f = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot open '{}': {e}", path.display()))
+                })?;
             cut_torn_tail(&f, path)?;
             self.open.insert(path.clone(), f);
         }
@@ -80,15 +92,13 @@ impl FileOut {
 
     pub fn write(&mut self, batches: &[(&str, &[Event])]) -> std::io::Result<()> {
         let mut touched: Vec<PathBuf> = Vec::new();
-        let mut i = 0;
-        while i < batches.len() {
-            let path = self.target(batches[i].0);
+        for (tag, events) in batches {
+            let path = self.target(tag);
             let mut buf = std::mem::take(&mut self.buf);
-            buf.clear();
-            // Consecutive batches with the same target go out in one write.
-            while i < batches.len() && self.target(batches[i].0) == path {
-                let (tag, events) = batches[i];
-                for e in events {
+            let mut result = Ok(());
+            for chunk in events.chunks(4096) {
+                buf.clear();
+                for e in chunk {
                     match &self.format {
                         FileFormat::OutFile => write_out_file_line(&mut buf, tag, e, true),
                         FileFormat::Plain => {
@@ -102,9 +112,13 @@ impl FileOut {
                         FileFormat::Template(t) => t.write(&mut buf, e),
                     }
                 }
-                i += 1;
+                result = self.handle(&path).and_then(|f| f.write_all(&buf));
+                if result.is_err() {
+                    break;
+                }
             }
-            let result = self.handle(&path).and_then(|f| f.write_all(&buf));
+            buf.clear();
+            buf.shrink_to(2 << 20);
             self.buf = buf;
             if let Err(e) = result {
                 self.open.remove(&path);

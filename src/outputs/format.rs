@@ -21,7 +21,12 @@ impl DateKey {
         };
         let format = match p.prop("json_date_format") {
             None => default_format,
-            Some(f) => DateFormat::parse(&f.value).ok_or_else(|| ConfigError::key(f, "expected double, epoch, epoch_ms, iso8601 or java_sql_timestamp"))?,
+            Some(f) => DateFormat::parse(&f.value).ok_or_else(|| {
+                ConfigError::key(
+                    f,
+                    "expected double, epoch, epoch_ms, iso8601 or java_sql_timestamp",
+                )
+            })?,
         };
         Ok(DateKey { key, format })
     }
@@ -69,7 +74,9 @@ impl Template {
         for part in &self.0 {
             match part {
                 TemplatePart::Text(t) => out.extend_from_slice(t.as_bytes()),
-                TemplatePart::Key(k) if k == "time" => out.extend_from_slice(format!("{:.6}", e.time.as_f64()).as_bytes()),
+                TemplatePart::Key(k) if k == "time" => {
+                    out.extend_from_slice(format!("{:.6}", e.time.as_f64()).as_bytes())
+                }
                 TemplatePart::Key(k) => match e.record.get(k.as_bytes()) {
                     Some(Value::Str(s)) => out.extend_from_slice(s),
                     Some(v) => json::write_value(out, v, false),

@@ -36,7 +36,10 @@ impl OutputPlugin {
             "file" => OutputPlugin::File(file::FileOut::from_props(p)?),
             other => {
                 let prop = p.prop("name").expect("name checked by the caller");
-                return Err(ConfigError::key(prop, format!("unknown output plugin '{other}' (null, stdout, file)")));
+                return Err(ConfigError::key(
+                    prop,
+                    format!("unknown output plugin '{other}' (null, stdout, file)"),
+                ));
             }
         })
     }
@@ -53,14 +56,19 @@ impl OutputPlugin {
 
 /// `Retry_Limit`: a count, `no_limits`/`false`/`off` (unlimited) or `no_retries` (0).
 pub fn parse_retry_limit(p: &Props) -> Result<Option<u32>, ConfigError> {
-    let Some(prop) = p.prop("retry_limit") else { return Ok(Some(1)) };
+    let Some(prop) = p.prop("retry_limit") else {
+        return Ok(Some(1));
+    };
     match prop.value.to_ascii_lowercase().as_str() {
         "no_limits" | "false" | "off" => Ok(None),
         "no_retries" => Ok(Some(0)),
         v => match v.parse::<i64>() {
             Ok(n) if n > 0 => Ok(Some(n as u32)),
             Ok(_) => Ok(Some(1)),
-            Err(_) => Err(ConfigError::key(prop, "expected a number, no_limits or no_retries")),
+            Err(_) => Err(ConfigError::key(
+                prop,
+                "expected a number, no_limits or no_retries",
+            )),
         },
     }
 }
@@ -74,7 +82,11 @@ pub struct Backoff {
 impl Backoff {
     /// Full jitter: random in [base, min(cap, base·2^attempt)] seconds.
     fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self.base.saturating_mul(1u64 << attempt.min(30)).min(self.cap).max(self.base);
+        let ceiling = self
+            .base
+            .saturating_mul(1u64 << attempt.min(30))
+            .min(self.cap)
+            .max(self.base);
         Duration::from_secs(rand::rng().random_range(self.base..=ceiling))
     }
 }
@@ -87,12 +99,16 @@ pub struct OutputRunner {
     pub backoff: Backoff,
 }
 
-/// Upper bound on what one write gathers from the queue.
-const MAX_GATHER_RECORDS: usize = 200_000;
+/// Upper bound on the source bytes one write gathers from the queue.
+const MAX_GATHER_BYTES: u64 = 4 * 1024 * 1024;
 
 impl OutputRunner {
     /// Runs until the queue closes and is drained, or until `hard_stop` (Grace expired).
-    pub async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Delivery>, mut hard_stop: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        mut queue: mpsc::UnboundedReceiver<Delivery>,
+        mut hard_stop: watch::Receiver<bool>,
+    ) {
         let name = self.metrics.name.clone();
         loop {
             let first = tokio::select! {
@@ -101,19 +117,23 @@ impl OutputRunner {
             };
             let mut pending = vec![first];
             let mut records = pending[0].batch.events.len();
-            while records < MAX_GATHER_RECORDS {
+            let mut bytes = pending[0].batch.raw_bytes;
+            while bytes < MAX_GATHER_BYTES {
                 match queue.try_recv() {
                     Ok(d) => {
                         records += d.batch.events.len();
+                        bytes += d.batch.raw_bytes;
                         pending.push(d);
                     }
                     Err(_) => break,
                 }
             }
-            let bytes: u64 = pending.iter().map(|d| d.batch.raw_bytes).sum();
             let mut attempt = 0u32;
             loop {
-                let views: Vec<(&str, &[Event])> = pending.iter().map(|d| (&*d.batch.tag, d.batch.events.as_slice())).collect();
+                let views: Vec<(&str, &[Event])> = pending
+                    .iter()
+                    .map(|d| (&*d.batch.tag, d.batch.events.as_slice()))
+                    .collect();
                 let result = tokio::task::block_in_place(|| self.plugin.write(&views));
                 match result {
                     Ok(()) => {

@@ -32,7 +32,11 @@ impl Stdout {
                 _ => return Err(ConfigError::key(f, "expected msgpack, json or json_lines")),
             },
         };
-        Ok(Stdout { format, date: DateKey::from_props(p, DateFormat::Double)?, counter: 0 })
+        Ok(Stdout {
+            format,
+            date: DateKey::from_props(p, DateFormat::Double)?,
+            counter: 0,
+        })
     }
 
     pub fn write(&mut self, batches: &[(&str, &[Event])]) -> std::io::Result<()> {
@@ -57,7 +61,13 @@ impl Stdout {
                 }
                 StdoutFormat::Msgpack => {
                     for e in *events {
-                        out.extend_from_slice(format!("[{}] {tag}: [[{}.{:09}, {{}}], ", self.counter, e.time.sec, e.time.nsec).as_bytes());
+                        out.extend_from_slice(
+                            format!(
+                                "[{}] {tag}: [[{}.{:09}, {{}}], ",
+                                self.counter, e.time.sec, e.time.nsec
+                            )
+                            .as_bytes(),
+                        );
                         json::write_map(&mut out, &e.record, None, true);
                         out.extend_from_slice(b"]\n");
                         self.counter += 1;

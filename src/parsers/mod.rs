@@ -51,19 +51,31 @@ impl Parser {
                 let r = p.required("regex")?;
                 ParserFormat::Regex(Pattern::new(&r.value).map_err(|e| ConfigError::key(r, e))?)
             }
-            other => return Err(ConfigError::key(format_prop, format!("parser format '{other}' is not supported (json, regex)"))),
+            other => {
+                return Err(ConfigError::key(
+                    format_prop,
+                    format!("parser format '{other}' is not supported (json, regex)"),
+                ))
+            }
         };
         let time_format = p.str("time_format").map(TimeFormat::new);
         let mut types = Vec::new();
         if let Some(t) = p.prop("types") {
             for item in t.value.split_whitespace() {
-                let (k, ty) = item.split_once(':').ok_or_else(|| ConfigError::key(t, format!("'{item}' is not key:type")))?;
+                let (k, ty) = item
+                    .split_once(':')
+                    .ok_or_else(|| ConfigError::key(t, format!("'{item}' is not key:type")))?;
                 let ty = match ty {
                     "integer" => FieldType::Integer,
                     "float" => FieldType::Float,
                     "bool" => FieldType::Bool,
                     "string" => FieldType::String,
-                    other => return Err(ConfigError::key(t, format!("unknown type '{other}' (integer, float, bool, string)"))),
+                    other => {
+                        return Err(ConfigError::key(
+                            t,
+                            format!("unknown type '{other}' (integer, float, bool, string)"),
+                        ))
+                    }
                 };
                 types.push((Bytes::copy_from_slice(k.as_bytes()), ty));
             }
@@ -77,7 +89,12 @@ impl Parser {
             types,
             skip_empty_values: p.bool("skip_empty_values", true)?,
         };
-        p.accept(&["time_strict", "time_offset", "decode_field", "decode_field_as"]);
+        p.accept(&[
+            "time_strict",
+            "time_offset",
+            "decode_field",
+            "decode_field_as",
+        ]);
         Ok(parser)
     }
 
@@ -174,7 +191,13 @@ mod tests {
         )
         .unwrap();
         let reg = ParserRegistry::from_config(&doc).unwrap();
-        let (t, m) = reg.get("cri").unwrap().parse(&Bytes::from_static(b"2024-01-01T00:00:01.5Z stdout F hello world")).unwrap();
+        let (t, m) = reg
+            .get("cri")
+            .unwrap()
+            .parse(&Bytes::from_static(
+                b"2024-01-01T00:00:01.5Z stdout F hello world",
+            ))
+            .unwrap();
         assert_eq!(t.unwrap().sec, 1_704_067_201);
         assert_eq!(m.get(b"message"), Some(&Value::str("hello world")));
         assert_eq!(m.get(b"logtag"), Some(&Value::str("F")));

@@ -42,24 +42,36 @@ impl RuleSet {
         let name = p.required("name")?.value.clone();
         let ty = p.required("type")?;
         if !ty.value.eq_ignore_ascii_case("regex") {
-            return Err(ConfigError::key(ty, format!("multiline type '{}' is not supported (regex)", ty.value)));
+            return Err(ConfigError::key(
+                ty,
+                format!("multiline type '{}' is not supported (regex)", ty.value),
+            ));
         }
         let mut rules = Vec::new();
         for r in p.all("rule") {
             let parts = quoted_parts(&r.value);
             if parts.len() != 3 {
-                return Err(ConfigError::key(r, "a rule is three quoted fields: \"state\" \"/regex/\" \"next_state\""));
+                return Err(ConfigError::key(
+                    r,
+                    "a rule is three quoted fields: \"state\" \"/regex/\" \"next_state\"",
+                ));
             }
             let pattern = Pattern::new_slashed(&parts[1]).map_err(|e| ConfigError::key(r, e))?;
             rules.push((parts[0].clone(), pattern, parts[2].clone()));
         }
         if !rules.iter().any(|r| r.0 == "start_state") {
-            return Err(ConfigError::at(&p.section.origin, format!("multiline parser '{name}' has no \"start_state\" rule")));
+            return Err(ConfigError::at(
+                &p.section.origin,
+                format!("multiline parser '{name}' has no \"start_state\" rule"),
+            ));
         }
-        let parser = match p.prop("parser") {
-            Some(pp) => Some(registry.get(&pp.value).ok_or_else(|| ConfigError::key(pp, format!("unknown parser '{}'", pp.value)))?),
-            None => None,
-        };
+        let parser =
+            match p.prop("parser") {
+                Some(pp) => Some(registry.get(&pp.value).ok_or_else(|| {
+                    ConfigError::key(pp, format!("unknown parser '{}'", pp.value))
+                })?),
+                None => None,
+            };
         let flush_ms = p.int("flush_timeout", FLUSH_TIMEOUT.as_millis() as i64)?;
         p.accept(&["key_pattern", "key_group"]);
         Ok(RuleSet {
@@ -72,11 +84,16 @@ impl RuleSet {
     }
 
     fn starts(&self, text: &str) -> bool {
-        self.rules.iter().any(|(state, re, _)| state == "start_state" && re.is_match(text))
+        self.rules
+            .iter()
+            .any(|(state, re, _)| state == "start_state" && re.is_match(text))
     }
 
     fn continues(&self, state: &str, text: &str) -> Option<&str> {
-        self.rules.iter().find(|(s, re, _)| s == state && re.is_match(text)).map(|(_, _, next)| next.as_str())
+        self.rules
+            .iter()
+            .find(|(s, re, _)| s == state && re.is_match(text))
+            .map(|(_, _, next)| next.as_str())
     }
 }
 
@@ -114,9 +131,14 @@ impl Joiner {
 #[derive(Debug, Clone)]
 pub enum LineMode {
     /// `{"<Key>": line}` (tail's default, `Key log`).
-    Raw { key: Bytes },
+    Raw {
+        key: Bytes,
+    },
     /// `Parser <name>`: parsed, or raw when it does not match.
-    Parser { parser: Arc<Parser>, key: Bytes },
+    Parser {
+        parser: Arc<Parser>,
+        key: Bytes,
+    },
     Multiline(Vec<Joiner>),
 }
 
@@ -149,7 +171,11 @@ struct ContainerLine {
 
 impl LineAssembler {
     pub fn new(mode: LineMode) -> Self {
-        LineAssembler { mode, groups: Vec::new(), truncated_joins: 0 }
+        LineAssembler {
+            mode,
+            groups: Vec::new(),
+            truncated_joins: 0,
+        }
     }
 
     /// The file offset of the oldest line held in an unfinished group.
@@ -163,7 +189,10 @@ impl LineAssembler {
             LineMode::Raw { key } => {
                 let mut m = Map::with_capacity(1);
                 m.push(key.clone(), Value::Str(line));
-                out.push(Event { time: EventTime::now(), record: m });
+                out.push(Event {
+                    time: EventTime::now(),
+                    record: m,
+                });
             }
             LineMode::Parser { parser, key } => {
                 let (time, record) = match parser.parse(&line) {
@@ -183,7 +212,13 @@ impl LineAssembler {
         }
     }
 
-    fn push_multiline(&mut self, joiners: &[Joiner], line: Bytes, offset: u64, out: &mut Vec<Event>) {
+    fn push_multiline(
+        &mut self,
+        joiners: &[Joiner],
+        line: Bytes,
+        offset: u64,
+        out: &mut Vec<Event>,
+    ) {
         for joiner in joiners {
             match joiner {
                 Joiner::Cri => {
@@ -205,11 +240,25 @@ impl LineAssembler {
         }
         let mut m = Map::with_capacity(1);
         m.push(Bytes::from_static(K_LOG), Value::Str(line));
-        out.push(Event { time: EventTime::now(), record: m });
+        out.push(Event {
+            time: EventTime::now(),
+            record: m,
+        });
     }
 
-    fn accept_container(&mut self, parsed: ContainerLine, content_key: &'static [u8], offset: u64, out: &mut Vec<Event>) {
-        let ContainerLine { stream, time, record, last } = parsed;
+    fn accept_container(
+        &mut self,
+        parsed: ContainerLine,
+        content_key: &'static [u8],
+        offset: u64,
+        out: &mut Vec<Event>,
+    ) {
+        let ContainerLine {
+            stream,
+            time,
+            record,
+            last,
+        } = parsed;
         let open_group = self.groups.iter().any(|g| g.stream == stream);
         if last && !open_group {
             out.push(Event { time, record });
@@ -254,7 +303,13 @@ impl LineAssembler {
     }
 
     /// Returns false when the line is not handled by this rule set (no group and no start match).
-    fn push_rules(&mut self, rules: &Arc<RuleSet>, line: &Bytes, offset: u64, out: &mut Vec<Event>) -> bool {
+    fn push_rules(
+        &mut self,
+        rules: &Arc<RuleSet>,
+        line: &Bytes,
+        offset: u64,
+        out: &mut Vec<Event>,
+    ) -> bool {
         let (time, record) = match &rules.parser {
             Some(p) => match p.parse(line) {
                 Some((t, m)) => (t.unwrap_or_else(EventTime::now), m),
@@ -286,7 +341,10 @@ impl LineAssembler {
             out.push(finish(g));
         }
         if rules.starts(&text) {
-            let next = rules.continues("start_state", &text).unwrap_or("start_state").to_string();
+            let next = rules
+                .continues("start_state", &text)
+                .unwrap_or("start_state")
+                .to_string();
             self.groups.push(Group {
                 stream: key,
                 record,
@@ -309,7 +367,9 @@ impl LineAssembler {
             LineMode::Multiline(js) => js
                 .iter()
                 .find_map(|j| match j {
-                    Joiner::Rules(r) if r.name.as_bytes() == g.stream.as_ref() => Some(r.flush_timeout),
+                    Joiner::Rules(r) if r.name.as_bytes() == g.stream.as_ref() => {
+                        Some(r.flush_timeout)
+                    }
                     _ => None,
                 })
                 .unwrap_or(FLUSH_TIMEOUT),
@@ -341,7 +401,10 @@ fn raw_map(key: &Bytes, line: &Bytes) -> Map {
 
 fn finish(mut g: Group) -> Event {
     g.record.set(g.content_key, Value::Str(g.content.freeze()));
-    Event { time: g.time, record: g.record }
+    Event {
+        time: g.time,
+        record: g.record,
+    }
 }
 
 /// CRI: `<time> <stdout|stderr> <F|P> <log>`, hand-matched like the regex
@@ -374,9 +437,17 @@ fn parse_cri(line: &Bytes) -> Option<ContainerLine> {
         let mut record = Map::with_capacity(4);
         record.push(Bytes::from_static(K_TIME), Value::Str(time_bytes));
         record.push(Bytes::from_static(K_STREAM), Value::Str(stream.clone()));
-        record.push(Bytes::from_static(K_P), Value::Str(line.slice(stream_at + 7..stream_at + 8)));
+        record.push(
+            Bytes::from_static(K_P),
+            Value::Str(line.slice(stream_at + 7..stream_at + 8)),
+        );
         record.push(Bytes::from_static(K_LOG), Value::Str(line.slice(log_at..)));
-        return Some(ContainerLine { stream, time, record, last: flag == b'F' });
+        return Some(ContainerLine {
+            stream,
+            time,
+            record,
+            last: flag == b'F',
+        });
     }
     None
 }
@@ -387,7 +458,9 @@ fn parse_docker(line: &Bytes) -> Option<ContainerLine> {
     if line.first() != Some(&b'{') {
         return None;
     }
-    let Ok(Value::Map(record)) = crate::json::parse(line) else { return None };
+    let Ok(Value::Map(record)) = crate::json::parse(line) else {
+        return None;
+    };
     let log_ends_line = match record.get(K_LOG) {
         Some(Value::Str(s)) => s.last() == Some(&b'\n'),
         _ => return None,
@@ -400,7 +473,12 @@ fn parse_docker(line: &Bytes) -> Option<ContainerLine> {
         Some(Value::Str(s)) => s.clone(),
         _ => Bytes::from_static(b"stdout"),
     };
-    Some(ContainerLine { stream, time, record, last: log_ends_line })
+    Some(ContainerLine {
+        stream,
+        time,
+        record,
+        last: log_ends_line,
+    })
 }
 
 #[cfg(test)]

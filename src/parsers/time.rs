@@ -18,12 +18,21 @@ impl TimeFormat {
         let iso = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"];
         let rest = iso.iter().find_map(|p| f.strip_prefix(p));
         if let Some(rest) = rest {
-            if matches!(rest, "" | ".%L" | "%z" | ".%L%z" | ".%LZ" | "Z" | ".%L%Z" | "%Z") {
+            if matches!(
+                rest,
+                "" | ".%L" | "%z" | ".%L%z" | ".%LZ" | "Z" | ".%L%Z" | "%Z"
+            ) {
                 return TimeFormat::Rfc3339;
             }
         }
         let has_zone = f.contains("%z") || f.contains("%Z");
-        TimeFormat::Chrono { format: f.replace(".%L", "%.f").replace("%L", "%f").replace("%Z", "%z"), has_zone }
+        TimeFormat::Chrono {
+            format: f
+                .replace(".%L", "%.f")
+                .replace("%L", "%f")
+                .replace("%Z", "%z"),
+            has_zone,
+        }
     }
 
     pub fn parse(&self, text: &[u8]) -> Option<EventTime> {
@@ -35,10 +44,18 @@ impl TimeFormat {
                     let s = s.strip_suffix('Z').map(|p| format!("{p}+0000"));
                     let s = s.as_deref().unwrap_or(text_str(text)?.trim());
                     let dt = chrono::DateTime::parse_from_str(s, format).ok()?;
-                    Some(EventTime { sec: dt.timestamp(), nsec: dt.timestamp_subsec_nanos() })
+                    Some(EventTime {
+                        sec: dt.timestamp(),
+                        nsec: dt.timestamp_subsec_nanos(),
+                    })
                 } else {
-                    let dt = chrono::NaiveDateTime::parse_from_str(s, format).ok()?.and_utc();
-                    Some(EventTime { sec: dt.timestamp(), nsec: dt.timestamp_subsec_nanos() })
+                    let dt = chrono::NaiveDateTime::parse_from_str(s, format)
+                        .ok()?
+                        .and_utc();
+                    Some(EventTime {
+                        sec: dt.timestamp(),
+                        nsec: dt.timestamp_subsec_nanos(),
+                    })
                 }
             }
         }
@@ -73,11 +90,21 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// `YYYY-MM-DD(T| )HH:MM:SS[.fraction][Z|±HH:MM|±HHMM]`; no zone means UTC.
 pub fn parse_rfc3339(b: &[u8]) -> Option<EventTime> {
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (y, mo, d) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
-    let (h, mi, s) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
+    let (h, mi, s) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
@@ -141,6 +168,9 @@ mod tests {
         let f = TimeFormat::new("%d/%b/%Y:%H:%M:%S %z");
         let t = f.parse(b"10/Oct/2000:13:55:36 -0700").unwrap();
         assert_eq!(t.sec, 971_211_336);
-        assert!(matches!(TimeFormat::new("%Y-%m-%dT%H:%M:%S.%L%z"), TimeFormat::Rfc3339));
+        assert!(matches!(
+            TimeFormat::new("%Y-%m-%dT%H:%M:%S.%L%z"),
+            TimeFormat::Rfc3339
+        ));
     }
 }

@@ -40,7 +40,11 @@ impl Agent {
     }
 
     pub fn sigterm(&self) {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -53,7 +57,10 @@ impl Agent {
             }
             if start.elapsed() > limit {
                 self.kill9();
-                panic!("logferry did not exit within {limit:?}; log:\n{}", self.log_text());
+                panic!(
+                    "logferry did not exit within {limit:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -75,17 +82,24 @@ impl Drop for Agent {
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 pub fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 pub fn count_lines(path: &Path) -> usize {
-    std::fs::read(path).map(|b| b.iter().filter(|c| **c == b'\n').count()).unwrap_or(0)
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count())
+        .unwrap_or(0)
 }
 
 /// The `log` values of a JSON Lines file, in order.
@@ -93,14 +107,22 @@ pub fn log_values(path: &Path) -> Vec<String> {
     lines(path)
         .iter()
         .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"));
-            v["log"].as_str().unwrap_or_else(|| panic!("no log key in {l}")).to_string()
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"));
+            v["log"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no log key in {l}"))
+                .to_string()
         })
         .collect()
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A minimal HTTP/1.0 GET: (status, body).
@@ -111,7 +133,10 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -123,10 +148,16 @@ pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// Appends `count` numbered lines `prefix-<n>` (n from `start`) to `path`.
 pub fn append_numbered(path: &Path, prefix: &str, start: usize, count: usize) {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     let mut buf = String::new();
     for n in start..start + count {
-        buf.push_str(&format!("{prefix}-{n:08} some padding text to make the line a realistic length\n"));
+        buf.push_str(&format!(
+            "{prefix}-{n:08} some padding text to make the line a realistic length\n"
+        ));
     }
     f.write_all(buf.as_bytes()).unwrap();
 }
@@ -142,7 +173,17 @@ pub fn assert_all_present(values: &[String], prefix: &str, count: usize) -> usiz
             }
         }
     }
-    let missing: Vec<usize> = seen.iter().enumerate().filter(|(_, c)| **c == 0).map(|(i, _)| i).collect();
-    assert!(missing.is_empty(), "{} of {count} lines missing, first: {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    let missing: Vec<usize> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == 0)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {count} lines missing, first: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     seen.iter().map(|c| c.saturating_sub(1) as usize).sum()
 }

@@ -32,14 +32,20 @@ pub struct OffsetsDb {
 }
 
 impl OffsetsDb {
-    pub fn open(path: &Path, sync: &str, locking: bool, journal_mode: &str) -> anyhow::Result<Self> {
+    pub fn open(
+        path: &Path,
+        sync: &str,
+        locking: bool,
+        journal_mode: &str,
+    ) -> anyhow::Result<Self> {
         let existed = path.exists();
         if let Some(parent) = path.parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent)?;
             }
         }
-        let conn = Connection::open(path).map_err(|e| anyhow::anyhow!("cannot open offsets DB '{}': {e}", path.display()))?;
+        let conn = Connection::open(path)
+            .map_err(|e| anyhow::anyhow!("cannot open offsets DB '{}': {e}", path.display()))?;
         let sync_level = match sync.to_ascii_lowercase().as_str() {
             "extra" => "EXTRA",
             "full" => "FULL",
@@ -47,7 +53,10 @@ impl OffsetsDb {
             _ => "NORMAL",
         };
         conn.execute_batch(&format!("PRAGMA synchronous={sync_level};"))?;
-        let mode: String = conn.query_row(&format!("PRAGMA journal_mode={journal_mode};"), [], |r| r.get(0))?;
+        let mode: String =
+            conn.query_row(&format!("PRAGMA journal_mode={journal_mode};"), [], |r| {
+                r.get(0)
+            })?;
         tracing::debug!(db = %path.display(), journal_mode = %mode, "offsets DB opened");
         if locking {
             conn.execute_batch("PRAGMA locking_mode=EXCLUSIVE;")?;
@@ -70,11 +79,16 @@ impl OffsetsDb {
             .collect::<Result<_, _>>()?;
         for col in ["offset_marker", "offset_marker_size"] {
             if !columns.iter().any(|c| c == col) {
-                conn.execute_batch(&format!("ALTER TABLE in_tail_files ADD COLUMN {col} INTEGER DEFAULT 0;"))?;
+                conn.execute_batch(&format!(
+                    "ALTER TABLE in_tail_files ADD COLUMN {col} INTEGER DEFAULT 0;"
+                ))?;
             }
         }
         let rows: i64 = conn.query_row("SELECT COUNT(*) FROM in_tail_files", [], |r| r.get(0))?;
-        Ok(OffsetsDb { conn, existed_before: existed && rows > 0 })
+        Ok(OffsetsDb {
+            conn,
+            existed_before: existed && rows > 0,
+        })
     }
 
     pub fn all(&self) -> anyhow::Result<Vec<FileRow>> {
@@ -116,7 +130,13 @@ impl OffsetsDb {
             .optional()?)
     }
 
-    pub fn insert(&self, name: &str, offset: u64, inode: u64, marker: (u64, u64)) -> anyhow::Result<i64> {
+    pub fn insert(
+        &self,
+        name: &str,
+        offset: u64,
+        inode: u64,
+        marker: (u64, u64),
+    ) -> anyhow::Result<i64> {
         let created = crate::record::EventTime::now().sec;
         self.conn.execute(
             "INSERT INTO in_tail_files (name, offset, inode, created, offset_marker, offset_marker_size) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -139,17 +159,24 @@ impl OffsetsDb {
     }
 
     pub fn rename(&self, id: i64, name: &str) -> anyhow::Result<()> {
-        self.conn.execute("UPDATE in_tail_files SET name=?1, rotated=1 WHERE id=?2", params![name, id])?;
+        self.conn.execute(
+            "UPDATE in_tail_files SET name=?1, rotated=1 WHERE id=?2",
+            params![name, id],
+        )?;
         Ok(())
     }
 
     pub fn set_name(&self, id: i64, name: &str) -> anyhow::Result<()> {
-        self.conn.execute("UPDATE in_tail_files SET name=?1 WHERE id=?2", params![name, id])?;
+        self.conn.execute(
+            "UPDATE in_tail_files SET name=?1 WHERE id=?2",
+            params![name, id],
+        )?;
         Ok(())
     }
 
     pub fn delete(&self, id: i64) -> anyhow::Result<()> {
-        self.conn.execute("DELETE FROM in_tail_files WHERE id=?1", params![id])?;
+        self.conn
+            .execute("DELETE FROM in_tail_files WHERE id=?1", params![id])?;
         Ok(())
     }
 }

@@ -87,7 +87,12 @@ pub struct LineStats {
 
 impl TailedFile {
     /// Reads up to `read_size` bytes and turns complete lines into events.
-    pub fn read_chunk(&mut self, read_size: usize, limits: &LineLimits, stats: &mut LineStats) -> std::io::Result<Option<ReadOutcome>> {
+    pub fn read_chunk(
+        &mut self,
+        read_size: usize,
+        limits: &LineLimits,
+        stats: &mut LineStats,
+    ) -> std::io::Result<Option<ReadOutcome>> {
         let meta = self.file.metadata()?;
         self.size = meta.len();
         if self.size < self.pos {
@@ -144,7 +149,12 @@ impl TailedFile {
             if !(limits.skip_empty_lines && line.is_empty()) {
                 let first = events.len();
                 self.assembler.push(line, line_start, &mut events);
-                decorate(&mut events[first..], limits, &self.path, line_start + line_len);
+                decorate(
+                    &mut events[first..],
+                    limits,
+                    &self.path,
+                    line_start + line_len,
+                );
             }
             line_start += line_len;
         }
@@ -159,7 +169,12 @@ impl TailedFile {
                 let line = buf.split_to(limits.max_line).freeze();
                 let first = events.len();
                 self.assembler.push(line, line_start, &mut events);
-                decorate(&mut events[first..], limits, &self.path, line_start + limits.max_line as u64);
+                decorate(
+                    &mut events[first..],
+                    limits,
+                    &self.path,
+                    line_start + limits.max_line as u64,
+                );
             }
             self.skipping_from = Some(line_start);
             buf.clear();
@@ -169,12 +184,20 @@ impl TailedFile {
         }
         let consumed = self.pos - buf.len() as u64;
         self.partial = buf;
-        let commit_offset = [Some(consumed), self.assembler.pending_since(), self.skipping_from]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(consumed);
-        Ok(Some(ReadOutcome { events, bytes: n as u64, commit_offset }))
+        let commit_offset = [
+            Some(consumed),
+            self.assembler.pending_since(),
+            self.skipping_from,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(consumed);
+        Ok(Some(ReadOutcome {
+            events,
+            bytes: n as u64,
+            commit_offset,
+        }))
     }
 
     /// Emits multiline groups that timed out (or all of them, when `all`).
@@ -190,8 +213,20 @@ impl TailedFile {
         }
         decorate(&mut events, limits, &self.path, self.pos);
         let consumed = self.pos - self.partial.len() as u64;
-        let commit_offset = [Some(consumed), self.assembler.pending_since(), self.skipping_from].into_iter().flatten().min().unwrap_or(consumed);
-        Some(ReadOutcome { events, bytes: 0, commit_offset })
+        let commit_offset = [
+            Some(consumed),
+            self.assembler.pending_since(),
+            self.skipping_from,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(consumed);
+        Some(ReadOutcome {
+            events,
+            bytes: 0,
+            commit_offset,
+        })
     }
 
     pub fn reset_to_start(&mut self) {
@@ -209,7 +244,11 @@ impl TailedFile {
     pub fn track(&mut self, offset: u64) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.inflight.push_back(InFlight { seq, offset, acked: false });
+        self.inflight.push_back(InFlight {
+            seq,
+            offset,
+            acked: false,
+        });
         seq
     }
 
@@ -229,7 +268,10 @@ impl TailedFile {
 
     /// Everything read is acknowledged and nothing is held back.
     pub fn drained(&self) -> bool {
-        self.at_eof && self.inflight.is_empty() && self.partial.is_empty() && self.assembler.pending_since().is_none()
+        self.at_eof
+            && self.inflight.is_empty()
+            && self.partial.is_empty()
+            && self.assembler.pending_since().is_none()
     }
 }
 
@@ -237,7 +279,10 @@ fn decorate(events: &mut [Event], limits: &LineLimits, path: &std::path::Path, o
     if limits.path_key.is_none() && limits.offset_key.is_none() {
         return;
     }
-    let path_value = limits.path_key.as_ref().map(|_| Value::string(path.display().to_string()));
+    let path_value = limits
+        .path_key
+        .as_ref()
+        .map(|_| Value::string(path.display().to_string()));
     for e in events {
         if let (Some(k), Some(v)) = (&limits.path_key, &path_value) {
             e.record.push(k.clone(), v.clone());

@@ -63,16 +63,33 @@ struct DbOptions {
 }
 
 impl Tail {
-    pub fn from_props(p: &Props, tag: Option<String>, metrics: Arc<InputMetrics>, parsers: &ParserRegistry, _service: &ServiceConfig) -> Result<Self, ConfigError> {
+    pub fn from_props(
+        p: &Props,
+        tag: Option<String>,
+        metrics: Arc<InputMetrics>,
+        parsers: &ParserRegistry,
+        _service: &ServiceConfig,
+    ) -> Result<Self, ConfigError> {
         let path_prop = p.required("path")?;
-        let paths: Vec<String> = path_prop.value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        let paths: Vec<String> = path_prop
+            .value
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         for pattern in &paths {
-            glob::Pattern::new(pattern).map_err(|e| ConfigError::key(path_prop, format!("bad pattern '{pattern}': {e}")))?;
+            glob::Pattern::new(pattern).map_err(|e| {
+                ConfigError::key(path_prop, format!("bad pattern '{pattern}': {e}"))
+            })?;
         }
         let mut excludes = Vec::new();
         if let Some(ex) = p.prop("exclude_path") {
             for pattern in ex.value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                excludes.push(glob::Pattern::new(pattern).map_err(|e| ConfigError::key(ex, format!("bad pattern '{pattern}': {e}")))?);
+                excludes.push(
+                    glob::Pattern::new(pattern).map_err(|e| {
+                        ConfigError::key(ex, format!("bad pattern '{pattern}': {e}"))
+                    })?,
+                );
             }
         }
         let tag_regex = match p.prop("tag_regex") {
@@ -83,18 +100,31 @@ impl Tail {
         let mode = if let Some(ml) = p.prop("multiline.parser") {
             let mut joiners = Vec::new();
             for name in ml.value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                joiners.push(Joiner::by_name(name, parsers).ok_or_else(|| ConfigError::key(ml, format!("unknown multiline parser '{name}'")))?);
+                joiners.push(Joiner::by_name(name, parsers).ok_or_else(|| {
+                    ConfigError::key(ml, format!("unknown multiline parser '{name}'"))
+                })?);
             }
             LineMode::Multiline(joiners)
         } else if let Some(pp) = p.prop("parser") {
-            let parser = parsers.get(pp.value.trim()).ok_or_else(|| ConfigError::key(pp, format!("unknown parser '{}' (is its Parsers_File loaded?)", pp.value.trim())))?;
+            let parser = parsers.get(pp.value.trim()).ok_or_else(|| {
+                ConfigError::key(
+                    pp,
+                    format!(
+                        "unknown parser '{}' (is its Parsers_File loaded?)",
+                        pp.value.trim()
+                    ),
+                )
+            })?;
             LineMode::Parser { parser, key }
         } else {
             LineMode::Raw { key }
         };
         if let Some(dm) = p.prop("docker_mode") {
             if crate::config::units::parse_bool(&dm.value) == Some(true) {
-                return Err(ConfigError::key(dm, "legacy Docker_Mode is not supported: use 'multiline.parser docker'"));
+                return Err(ConfigError::key(
+                    dm,
+                    "legacy Docker_Mode is not supported: use 'multiline.parser docker'",
+                ));
             }
         }
         if let Some(m) = p.prop("multiline") {
@@ -108,8 +138,12 @@ impl Tail {
             max_line,
             skip_long_lines: p.bool("skip_long_lines", false)?,
             skip_empty_lines: p.bool("skip_empty_lines", false)?,
-            path_key: p.str("path_key").map(|s| Bytes::copy_from_slice(s.as_bytes())),
-            offset_key: p.str("offset_key").map(|s| Bytes::copy_from_slice(s.as_bytes())),
+            path_key: p
+                .str("path_key")
+                .map(|s| Bytes::copy_from_slice(s.as_bytes())),
+            offset_key: p
+                .str("offset_key")
+                .map(|s| Bytes::copy_from_slice(s.as_bytes())),
         };
         let db = match p.str("db") {
             Some(path) => Some(DbOptions {
@@ -140,9 +174,17 @@ impl Tail {
             db,
         };
         p.accept(&[
-            "inotify_watcher", "watcher_interval", "progress_check_interval", "progress_check_interval_nsec",
-            "file_cache_advise", "static_batch_size", "event_batch_size", "db.compare_filename",
-            "read_newly_discovered_files_from_head", "docker_mode_flush", "multiline_flush",
+            "inotify_watcher",
+            "watcher_interval",
+            "progress_check_interval",
+            "progress_check_interval_nsec",
+            "file_cache_advise",
+            "static_batch_size",
+            "event_batch_size",
+            "db.compare_filename",
+            "read_newly_discovered_files_from_head",
+            "docker_mode_flush",
+            "multiline_flush",
         ]);
         Ok(tail)
     }
@@ -156,7 +198,9 @@ impl Tail {
             let mut out = String::with_capacity(self.tag.len());
             let mut rest = self.tag.as_str();
             while let Some(open) = rest.find('<') {
-                let Some(close) = rest[open..].find('>') else { break };
+                let Some(close) = rest[open..].find('>') else {
+                    break;
+                };
                 out.push_str(&rest[..open]);
                 let name = &rest[open + 1..open + close];
                 match caps.iter().find(|(n, _)| n == name) {
@@ -170,7 +214,16 @@ impl Tail {
         }
         match self.tag.find('*') {
             Some(star) => {
-                let mut expanded: String = path_str.chars().map(|c| if c == '/' || c == '\\' || c == ':' { '.' } else { c }).collect();
+                let mut expanded: String = path_str
+                    .chars()
+                    .map(|c| {
+                        if c == '/' || c == '\\' || c == ':' {
+                            '.'
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
                 while expanded.contains("..") {
                     expanded = expanded.replace("..", ".");
                 }
@@ -191,17 +244,25 @@ impl Tail {
     fn scan(&self) -> Vec<(PathBuf, std::fs::Metadata)> {
         let mut found = Vec::new();
         for pattern in &self.paths {
-            let Ok(entries) = glob::glob(pattern) else { continue };
+            let Ok(entries) = glob::glob(pattern) else {
+                continue;
+            };
             for path in entries.flatten() {
                 if self.excluded(&path) {
                     continue;
                 }
-                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
                 if !meta.is_file() {
                     continue;
                 }
                 if let Some(max_age) = self.ignore_older {
-                    let old = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age > max_age);
+                    let old = meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| m.elapsed().ok())
+                        .is_some_and(|age| age > max_age);
                     if old {
                         continue;
                     }
@@ -216,8 +277,15 @@ impl Tail {
     fn watch_dirs(&self) -> Vec<PathBuf> {
         let mut dirs = Vec::new();
         for pattern in &self.paths {
-            let literal: PathBuf = Path::new(pattern).components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect();
-            let dir = if literal.as_os_str() == pattern.as_str() { literal.parent().map(Path::to_path_buf).unwrap_or_default() } else { literal };
+            let literal: PathBuf = Path::new(pattern)
+                .components()
+                .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+                .collect();
+            let dir = if literal.as_os_str() == pattern.as_str() {
+                literal.parent().map(Path::to_path_buf).unwrap_or_default()
+            } else {
+                literal
+            };
             if dir.is_dir() && !dirs.contains(&dir) {
                 dirs.push(dir);
             }
@@ -258,7 +326,12 @@ struct TailState {
 impl TailState {
     fn start(cfg: Tail, ctx: InputContext) -> anyhow::Result<Self> {
         let db = match &cfg.db {
-            Some(o) => Some(OffsetsDb::open(&o.path, &o.sync, o.locking, &o.journal_mode)?),
+            Some(o) => Some(OffsetsDb::open(
+                &o.path,
+                &o.sync,
+                o.locking,
+                &o.journal_mode,
+            )?),
             None => None,
         };
         let (sender, signals) = mpsc::channel();
@@ -313,18 +386,24 @@ impl TailState {
     /// Rows of files that were rotated while the agent was down: find them by inode in their
     /// directory and read them to their end. Other stale rows are deleted, as Fluent Bit does.
     fn recover_rotated_while_down(&mut self) -> anyhow::Result<()> {
-        let Some(rows) = self.db.as_ref().map(|db| db.all()).transpose()? else { return Ok(()) };
+        let Some(rows) = self.db.as_ref().map(|db| db.all()).transpose()? else {
+            return Ok(());
+        };
         let tracked_rows: Vec<i64> = self.files.values().filter_map(|f| f.db_row).collect();
         let delete = |state: &Self, id: i64| state.db.as_ref().map_or(Ok(()), |db| db.delete(id));
         for row in rows {
             if tracked_rows.contains(&row.id) {
                 continue;
             }
-            let dir = Path::new(&row.name).parent().map(Path::to_path_buf).unwrap_or_default();
+            let dir = Path::new(&row.name)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
                 entries.flatten().find_map(|e| {
                     let meta = std::fs::metadata(e.path()).ok()?;
-                    (meta.is_file() && std::os::unix::fs::MetadataExt::ino(&meta) == row.inode).then(|| (e.path(), meta))
+                    (meta.is_file() && std::os::unix::fs::MetadataExt::ino(&meta) == row.inode)
+                        .then(|| (e.path(), meta))
                 })
             });
             let Some((path, meta)) = found else {
@@ -341,9 +420,18 @@ impl TailState {
             }
             tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), offset = row.offset, "reading a file rotated while logferry was down to its end");
             let name = row.name.clone();
-            self.open_file(PathBuf::from(&name), path, file, &meta, Some((row.id, row.offset)), true)?;
+            self.open_file(
+                PathBuf::from(&name),
+                path,
+                file,
+                &meta,
+                Some((row.id, row.offset)),
+                true,
+            )?;
             if let Some(f) = self.files.get_mut(&identity(&meta)) {
-                f.presence = Presence::Gone { since: Instant::now() };
+                f.presence = Presence::Gone {
+                    since: Instant::now(),
+                };
             }
         }
         Ok(())
@@ -386,22 +474,38 @@ impl TailState {
                 }),
                 None => None,
             };
-            let from_head = self.started || self.cfg.read_from_head || self.db.as_ref().is_some_and(|d| d.existed_before);
+            let from_head = self.started
+                || self.cfg.read_from_head
+                || self.db.as_ref().is_some_and(|d| d.existed_before);
             self.open_file(path.clone(), path, file, &meta, stored, from_head)?;
         }
         let mut rotated_dirs: Vec<(PathBuf, String, PathBuf)> = Vec::new();
         for f in self.files.values_mut() {
             if matches!(f.presence, Presence::Active) && !seen.contains(&f.id) {
-                f.presence = Presence::Gone { since: Instant::now() };
+                f.presence = Presence::Gone {
+                    since: Instant::now(),
+                };
                 self.cfg.metrics.files_rotated.add(1);
-                let real = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f.file))).ok();
-                let deleted = real.as_ref().is_none_or(|p| p.to_string_lossy().ends_with(" (deleted)"));
+                let real = std::fs::read_link(format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&f.file)
+                ))
+                .ok();
+                let deleted = real
+                    .as_ref()
+                    .is_none_or(|p| p.to_string_lossy().ends_with(" (deleted)"));
                 tracing::info!(input = %self.cfg.metrics.name, file = %f.path.display(), unread = f.size.saturating_sub(f.pos), "file {}: reading it to its end before closing", if deleted { "deleted" } else { "rotated" });
-                if let (Some(db), Some(row), Some(real), false) = (&self.db, f.db_row, real, deleted) {
+                if let (Some(db), Some(row), Some(real), false) =
+                    (&self.db, f.db_row, real, deleted)
+                {
                     db.rename(row, &real.to_string_lossy())?;
                 }
                 if let (Some(dir), Some(base)) = (f.real_path.parent(), f.real_path.file_name()) {
-                    rotated_dirs.push((dir.to_path_buf(), format!("{}.", base.to_string_lossy()), f.path.clone()));
+                    rotated_dirs.push((
+                        dir.to_path_buf(),
+                        format!("{}.", base.to_string_lossy()),
+                        f.path.clone(),
+                    ));
                 }
             }
         }
@@ -415,33 +519,59 @@ impl TailState {
     /// A file can be created and rotated away between two scans (fast rotation): it was never
     /// opened. When a rotation is seen, siblings named `<basename>.*` that changed since the
     /// previous scan and are neither followed nor recently closed are read from their head.
-    fn adopt_unseen_rotations(&mut self, dir: &Path, prefix: &str, logical: &Path) -> anyhow::Result<()> {
+    fn adopt_unseen_rotations(
+        &mut self,
+        dir: &Path,
+        prefix: &str,
+        logical: &Path,
+    ) -> anyhow::Result<()> {
         let since = self.last_scan - Duration::from_secs(1);
-        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
         let mut candidates: Vec<(PathBuf, std::fs::Metadata)> = entries
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
             .filter_map(|e| std::fs::metadata(e.path()).ok().map(|m| (e.path(), m)))
             .filter(|(_, m)| m.is_file())
             .filter(|(_, m)| {
-                let changed = std::time::UNIX_EPOCH + Duration::new(std::os::unix::fs::MetadataExt::ctime(m).max(0) as u64, std::os::unix::fs::MetadataExt::ctime_nsec(m).max(0) as u32);
+                let changed = std::time::UNIX_EPOCH
+                    + Duration::new(
+                        std::os::unix::fs::MetadataExt::ctime(m).max(0) as u64,
+                        std::os::unix::fs::MetadataExt::ctime_nsec(m).max(0) as u32,
+                    );
                 changed >= since
             })
-            .filter(|(_, m)| !self.files.contains_key(&identity(m)) && !self.closed.contains(&identity(m)))
+            .filter(|(_, m)| {
+                !self.files.contains_key(&identity(m)) && !self.closed.contains(&identity(m))
+            })
             .collect();
-        candidates.sort_by_key(|(_, m)| std::os::unix::fs::MetadataExt::ctime_nsec(m) as i64 + std::os::unix::fs::MetadataExt::ctime(m) * 1_000_000_000);
+        candidates.sort_by_key(|(_, m)| {
+            std::os::unix::fs::MetadataExt::ctime_nsec(m)
+                + std::os::unix::fs::MetadataExt::ctime(m) * 1_000_000_000
+        });
         for (path, meta) in candidates {
             let file = std::fs::File::open(&path)?;
             tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), "found a file rotated before it was opened: reading it from its start");
             self.open_file(logical.to_path_buf(), path, file, &meta, None, true)?;
             if let Some(f) = self.files.get_mut(&identity(&meta)) {
-                f.presence = Presence::Gone { since: Instant::now() };
+                f.presence = Presence::Gone {
+                    since: Instant::now(),
+                };
             }
         }
         Ok(())
     }
 
-    fn open_file(&mut self, path: PathBuf, real: PathBuf, mut file: std::fs::File, meta: &std::fs::Metadata, stored: Option<(i64, u64)>, from_head: bool) -> anyhow::Result<()> {
+    fn open_file(
+        &mut self,
+        path: PathBuf,
+        real: PathBuf,
+        mut file: std::fs::File,
+        meta: &std::fs::Metadata,
+        stored: Option<(i64, u64)>,
+        from_head: bool,
+    ) -> anyhow::Result<()> {
         use std::io::Seek;
         let id = identity(meta);
         let (db_row, offset) = match stored {
@@ -449,7 +579,12 @@ impl TailState {
             None => {
                 let offset = if from_head { 0 } else { meta.len() };
                 let row = match &self.db {
-                    Some(db) => Some(db.insert(&path.to_string_lossy(), offset, id.1, db::offset_marker(&file, offset))?),
+                    Some(db) => Some(db.insert(
+                        &path.to_string_lossy(),
+                        offset,
+                        id.1,
+                        db::offset_marker(&file, offset),
+                    )?),
                     None => None,
                 };
                 (row, offset)
@@ -491,9 +626,14 @@ impl TailState {
         let seq = f.track(outcome.commit_offset);
         let sender = self.sender.clone();
         let tag = f.tag.clone();
-        ctx.dispatcher.dispatch(&tag, outcome.events, outcome.bytes, Box::new(move || {
-            let _ = sender.send(Signal::Ack { file: id, seq });
-        }));
+        ctx.dispatcher.dispatch(
+            &tag,
+            outcome.events,
+            outcome.bytes,
+            Box::new(move || {
+                let _ = sender.send(Signal::Ack { file: id, seq });
+            }),
+        );
     }
 
     fn handle_signals(&mut self, wait: Option<Duration>) -> bool {
@@ -518,14 +658,20 @@ impl TailState {
     }
 
     fn persist_offsets(&mut self) -> anyhow::Result<()> {
-        let Some(db) = &mut self.db else { return Ok(()) };
+        let Some(db) = &mut self.db else {
+            return Ok(());
+        };
         let updates: Vec<(i64, u64, (u64, u64))> = self
             .files
             .values_mut()
             .filter(|f| f.committed_dirty && f.db_row.is_some())
             .map(|f| {
                 f.committed_dirty = false;
-                (f.db_row.expect("filtered"), f.committed, db::offset_marker(&f.file, f.committed))
+                (
+                    f.db_row.expect("filtered"),
+                    f.committed,
+                    db::offset_marker(&f.file, f.committed),
+                )
             })
             .collect();
         if !updates.is_empty() {
@@ -540,7 +686,10 @@ impl TailState {
         let closable: Vec<FileId> = self
             .files
             .values()
-            .filter(|f| matches!(f.presence, Presence::Gone { since } if since.elapsed() >= rotate_wait) && f.drained())
+            .filter(|f| {
+                matches!(f.presence, Presence::Gone { since } if since.elapsed() >= rotate_wait)
+                    && f.drained()
+            })
             .map(|f| f.id)
             .collect();
         for id in closable {
@@ -574,9 +723,19 @@ impl TailState {
         }
         self.cfg.metrics.lag_bytes.set(lag as i64);
         self.cfg.metrics.files_tracked.set(self.files.len() as i64);
-        self.cfg.metrics.long_line_skipped.add(std::mem::take(&mut self.stats.skipped));
-        self.cfg.metrics.long_line_truncated.add(std::mem::take(&mut self.stats.truncated));
-        let truncated_joins: u64 = self.files.values_mut().map(|f| std::mem::take(&mut f.assembler.truncated_joins)).sum();
+        self.cfg
+            .metrics
+            .long_line_skipped
+            .add(std::mem::take(&mut self.stats.skipped));
+        self.cfg
+            .metrics
+            .long_line_truncated
+            .add(std::mem::take(&mut self.stats.truncated));
+        let truncated_joins: u64 = self
+            .files
+            .values_mut()
+            .map(|f| std::mem::take(&mut f.assembler.truncated_joins))
+            .sum();
         self.cfg.metrics.multiline_truncated.add(truncated_joins);
         self.close_drained()
     }
@@ -591,7 +750,9 @@ impl TailState {
             if self.stopping() {
                 return Ok(());
             }
-            if last_scan.elapsed() >= self.cfg.refresh_interval || (rescan_requested && last_scan.elapsed() >= Duration::from_millis(100)) {
+            if last_scan.elapsed() >= self.cfg.refresh_interval
+                || (rescan_requested && last_scan.elapsed() >= Duration::from_millis(100))
+            {
                 self.discover()?;
                 last_scan = Instant::now();
                 rescan_requested = false;
@@ -623,7 +784,9 @@ impl TailState {
                             }
                         }
                         Ok(None) => {}
-                        Err(e) => tracing::warn!(input = %self.cfg.metrics.name, file = %f.path.display(), "read failed: {e}"),
+                        Err(e) => {
+                            tracing::warn!(input = %self.cfg.metrics.name, file = %f.path.display(), "read failed: {e}")
+                        }
                     }
                 }
                 turn = turn.wrapping_add(1);
@@ -633,7 +796,11 @@ impl TailState {
                 return Ok(());
             }
             if !read_any {
-                let wait = if full { Duration::from_millis(5) } else { Duration::from_millis(250) };
+                let wait = if full {
+                    Duration::from_millis(5)
+                } else {
+                    Duration::from_millis(250)
+                };
                 rescan_requested |= self.handle_signals(Some(wait));
             }
         }
@@ -644,7 +811,10 @@ impl TailState {
     fn shutdown(mut self) -> anyhow::Result<()> {
         let ids = self.order.clone();
         for id in ids {
-            let out = self.files.get_mut(&id).and_then(|f| f.flush_pending(true, &self.cfg.limits));
+            let out = self
+                .files
+                .get_mut(&id)
+                .and_then(|f| f.flush_pending(true, &self.cfg.limits));
             if let Some(out) = out {
                 self.dispatch(id, out);
             }
@@ -676,8 +846,16 @@ mod tests {
             excludes: vec![],
             tag: tag.into(),
             tag_regex: regex.map(|r| Pattern::new(r).unwrap()),
-            mode: LineMode::Raw { key: Bytes::from_static(b"log") },
-            limits: LineLimits { max_line: 10, skip_long_lines: false, skip_empty_lines: false, path_key: None, offset_key: None },
+            mode: LineMode::Raw {
+                key: Bytes::from_static(b"log"),
+            },
+            limits: LineLimits {
+                max_line: 10,
+                skip_long_lines: false,
+                skip_empty_lines: false,
+                path_key: None,
+                offset_key: None,
+            },
             refresh_interval: Duration::from_secs(1),
             rotate_wait: Duration::from_secs(1),
             read_from_head: false,
@@ -690,15 +868,24 @@ mod tests {
     #[test]
     fn star_tag_expansion() {
         let t = tail_with("kube.*", None);
-        assert_eq!(t.compose_tag(Path::new("/var/log/containers/a_b_c-123.log")), "kube.var.log.containers.a_b_c-123.log");
+        assert_eq!(
+            t.compose_tag(Path::new("/var/log/containers/a_b_c-123.log")),
+            "kube.var.log.containers.a_b_c-123.log"
+        );
     }
 
     #[test]
     fn union_tag_regex() {
         let re = r"(?<pod_name>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)_(?<namespace_name>[^_]+)_(?<container_name>.+)-";
-        let t = tail_with("namespace-<namespace_name>.pod-<pod_name>.cont-<container_name>", Some(re));
+        let t = tail_with(
+            "namespace-<namespace_name>.pod-<pod_name>.cont-<container_name>",
+            Some(re),
+        );
         let path = Path::new("/var/log/containers/web-7d9f_prod_nginx-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.log");
-        assert_eq!(t.compose_tag(path), "namespace-prod.pod-web-7d9f.cont-nginx");
+        assert_eq!(
+            t.compose_tag(path),
+            "namespace-prod.pod-web-7d9f.cont-nginx"
+        );
         let t = tail_with("x.<missing>", Some("(?<a>z)?"));
         assert_eq!(t.compose_tag(path), "x._");
     }
