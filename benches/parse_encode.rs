@@ -25,7 +25,8 @@ fn bench(c: &mut Criterion) {
         group.bench_function("multiline docker,cri → json_lines", |b| {
             let mut out = Vec::with_capacity(8 << 20);
             b.iter(|| {
-                let mut asm = LineAssembler::new(LineMode::Multiline(vec![Joiner::Docker, Joiner::Cri]));
+                let mut asm =
+                    LineAssembler::new(LineMode::Multiline(vec![Joiner::Docker, Joiner::Cri]));
                 let mut events = Vec::with_capacity(lines.len());
                 for (i, l) in lines.iter().enumerate() {
                     asm.push(l.clone(), i as u64, &mut events);

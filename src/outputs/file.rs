@@ -43,12 +43,14 @@ impl FileOut {
                 "template" => FileFormat::Template(Template::parse(
                     &p.string_or("template", "{time} {message}"),
                 )),
-                other => return Err(ConfigError::key(
-                    f,
-                    format!(
+                other => {
+                    return Err(ConfigError::key(
+                        f,
+                        format!(
                         "format '{other}' is not supported (out_file, plain, json_lines, template)"
                     ),
-                )),
+                    ))
+                }
             },
         };
         Ok(FileOut {

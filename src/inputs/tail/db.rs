@@ -24,6 +24,21 @@ pub struct FileRow {
     pub marker_size: u64,
 }
 
+const SELECT_ROW: &str =
+    "SELECT id, name, offset, inode, offset_marker, offset_marker_size FROM in_tail_files";
+
+fn file_row(r: &rusqlite::Row) -> rusqlite::Result<FileRow> {
+    let int = |i: usize| r.get::<_, Option<i64>>(i).map(|v| v.unwrap_or(0));
+    Ok(FileRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        offset: int(2)?.max(0) as u64,
+        inode: int(3)? as u64,
+        marker: int(4)? as u64,
+        marker_size: int(5)?.max(0) as u64,
+    })
+}
+
 pub struct OffsetsDb {
     conn: Connection,
     /// The DB existed (with rows) before this start: files without a row appeared while the
@@ -92,40 +107,23 @@ impl OffsetsDb {
     }
 
     pub fn all(&self) -> anyhow::Result<Vec<FileRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, name, offset, inode, offset_marker, offset_marker_size FROM in_tail_files ORDER BY id DESC",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare(&format!("{SELECT_ROW} ORDER BY id DESC"))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(FileRow {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    offset: r.get::<_, Option<i64>>(2)?.unwrap_or(0).max(0) as u64,
-                    inode: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
-                    marker: r.get::<_, Option<i64>>(4)?.unwrap_or(0) as u64,
-                    marker_size: r.get::<_, Option<i64>>(5)?.unwrap_or(0).max(0) as u64,
-                })
-            })?
+            .query_map([], file_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
+    /// The newest row for an inode (Fluent Bit's lookup).
     pub fn find_inode(&self, inode: u64) -> anyhow::Result<Option<FileRow>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, name, offset, inode, offset_marker, offset_marker_size FROM in_tail_files WHERE inode=?1 ORDER BY id DESC",
+                &format!("{SELECT_ROW} WHERE inode=?1 ORDER BY id DESC"),
                 params![inode as i64],
-                |r| {
-                    Ok(FileRow {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        offset: r.get::<_, Option<i64>>(2)?.unwrap_or(0).max(0) as u64,
-                        inode: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
-                        marker: r.get::<_, Option<i64>>(4)?.unwrap_or(0) as u64,
-                        marker_size: r.get::<_, Option<i64>>(5)?.unwrap_or(0).max(0) as u64,
-                    })
-                },
+                file_row,
             )
             .optional()?)
     }

@@ -182,9 +182,19 @@ impl TailedFile {
         if self.skipping_from.is_some() {
             buf.clear();
         }
-        let consumed = self.pos - buf.len() as u64;
         self.partial = buf;
-        let commit_offset = [
+        Ok(Some(ReadOutcome {
+            events,
+            bytes: n as u64,
+            commit_offset: self.safe_commit_offset(),
+        }))
+    }
+
+    /// The furthest offset that may be committed now: the end of complete lines, but never past
+    /// a line held by the multiline assembler or a long line being skipped.
+    fn safe_commit_offset(&self) -> u64 {
+        let consumed = self.pos - self.partial.len() as u64;
+        [
             Some(consumed),
             self.assembler.pending_since(),
             self.skipping_from,
@@ -192,12 +202,7 @@ impl TailedFile {
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or(consumed);
-        Ok(Some(ReadOutcome {
-            events,
-            bytes: n as u64,
-            commit_offset,
-        }))
+        .unwrap_or(consumed)
     }
 
     /// Emits multiline groups that timed out (or all of them, when `all`).
@@ -212,20 +217,10 @@ impl TailedFile {
             return None;
         }
         decorate(&mut events, limits, &self.path, self.pos);
-        let consumed = self.pos - self.partial.len() as u64;
-        let commit_offset = [
-            Some(consumed),
-            self.assembler.pending_since(),
-            self.skipping_from,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(consumed);
         Some(ReadOutcome {
             events,
             bytes: 0,
-            commit_offset,
+            commit_offset: self.safe_commit_offset(),
         })
     }
 
