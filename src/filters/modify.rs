@@ -1,5 +1,7 @@
 //! `modify`: ordered rules (`Set`, `Add`, `Remove`, `Remove_wildcard`, `Remove_regex`, `Rename`,
-//! `Hard_rename`, `Copy`, `Hard_copy`) applied when every `Condition` holds.
+//! `Hard_rename`, `Copy`, `Hard_copy`) applied when every `Condition` holds. Key placement is
+//! Fluent Bit's: `Set` and `Add` append at the end (`Set` drops the old key), renames stay in
+//! place, a copy goes right after its source, and rules with several source keys do nothing.
 
 use bytes::Bytes;
 
@@ -150,41 +152,55 @@ impl Modify {
             return;
         }
         for rule in &self.rules {
-            match rule {
-                Rule::Set(k, v) => r.set(k.clone(), Value::Str(v.clone())),
-                Rule::Add(k, v) => {
-                    if !r.contains(k) {
-                        r.push(k.clone(), Value::Str(v.clone()));
-                    }
-                }
-                Rule::Remove(k) => {
-                    r.remove(k);
-                }
-                Rule::RemoveWildcard(prefix) => {
-                    let p = prefix.strip_suffix(b"*").unwrap_or(prefix);
-                    r.0.retain(|(k, _)| !k.starts_with(p));
-                }
-                Rule::RemoveRegex(p) => {
-                    r.0.retain(|(k, _)| !p.is_match(&String::from_utf8_lossy(k)))
-                }
-                Rule::Rename { from, to, hard } => {
-                    if r.contains(from) && (*hard || !r.contains(to)) {
-                        if *hard {
-                            r.remove(to);
-                        }
-                        r.rename(from, to.clone());
-                    }
-                }
-                Rule::Copy { from, to, hard } => {
-                    if let Some(v) = r.get(from).cloned() {
-                        if *hard {
-                            r.set(to.clone(), v);
-                        } else if !r.contains(to) {
-                            r.push(to.clone(), v);
-                        }
-                    }
+            apply_rule(rule, r);
+        }
+    }
+}
+
+fn count(r: &Map, key: &[u8]) -> usize {
+    r.0.iter().filter(|(k, _)| k.as_ref() == key).count()
+}
+
+fn apply_rule(rule: &Rule, r: &mut Map) {
+    match rule {
+        Rule::Set(k, v) => {
+            r.0.retain(|(key, _)| key != k);
+            r.push(k.clone(), Value::Str(v.clone()));
+        }
+        Rule::Add(k, v) => {
+            if !r.contains(k) {
+                r.push(k.clone(), Value::Str(v.clone()));
+            }
+        }
+        Rule::Remove(k) => r.0.retain(|(key, _)| key != k),
+        Rule::RemoveWildcard(prefix) => {
+            let p = prefix.strip_suffix(b"*").unwrap_or(prefix);
+            r.0.retain(|(k, _)| !k.starts_with(p));
+        }
+        Rule::RemoveRegex(p) => {
+            r.0.retain(|(k, _)| !p.is_match(&String::from_utf8_lossy(k)))
+        }
+        Rule::Rename { from, to, hard } => {
+            let conflicts = count(r, to);
+            if count(r, from) == 0 || (!hard && conflicts > 0) {
+                return;
+            }
+            r.0.retain(|(k, _)| k != to);
+            for (k, _) in r.0.iter_mut() {
+                if k == from {
+                    *k = to.clone();
                 }
             }
+        }
+        Rule::Copy { from, to, hard } => {
+            let conflicts = count(r, to);
+            if count(r, from) != 1 || (!hard && conflicts > 0) || conflicts > 1 {
+                return;
+            }
+            r.0.retain(|(k, _)| k != to);
+            let i = r.0.iter().position(|(k, _)| k == from).expect("counted");
+            let v = r.0[i].1.clone();
+            r.0.insert(i + 1, (to.clone(), v));
         }
     }
 }
@@ -212,7 +228,7 @@ mod tests {
             r.0.iter()
                 .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
                 .collect();
-        assert_eq!(keys, vec!["message", "env", "msg2"]);
+        assert_eq!(keys, vec!["message", "msg2", "env"]);
         assert_eq!(r.get(b"env"), Some(&Value::str("dev")));
     }
 }

@@ -1,5 +1,7 @@
 //! `record_modifier`: append fixed keys (`Record`), remove keys (`Remove_key`), or keep only
 //! listed keys (`Allowlist_key`, alias `Whitelist_key`). FireLens adds its `ecs_*` fields with it.
+//! As in Fluent Bit: `Record` appends even when the key exists, a trailing `*` makes a key list
+//! entry a prefix, and `Remove_key` and `Allowlist_key` are exclusive.
 
 use bytes::Bytes;
 
@@ -43,13 +45,25 @@ impl RecordModifier {
 
     pub fn apply(&self, record: &mut Map) {
         if !self.allow.is_empty() {
-            record.0.retain(|(k, _)| self.allow.contains(k));
+            record
+                .0
+                .retain(|(k, _)| self.allow.iter().any(|p| key_matches(p, k)));
         }
-        for k in &self.remove {
-            record.remove(k);
+        if !self.remove.is_empty() {
+            record
+                .0
+                .retain(|(k, _)| !self.remove.iter().any(|p| key_matches(p, k)));
         }
         for (k, v) in &self.records {
-            record.set(k.clone(), Value::Str(v.clone()));
+            record.push(k.clone(), Value::Str(v.clone()));
         }
+    }
+}
+
+/// `key` matches exactly; `prefix*` matches any key starting with `prefix`.
+fn key_matches(pattern: &[u8], key: &[u8]) -> bool {
+    match pattern.strip_suffix(b"*") {
+        Some(prefix) => key.starts_with(prefix),
+        None => pattern == key,
     }
 }
