@@ -3,6 +3,7 @@
 //! Data flows inputs → filters → router → outputs; acknowledgements flow back so a source
 //! position is committed only when every output has the records (see [`engine`]).
 
+pub mod cloud;
 pub mod config;
 pub mod engine;
 pub mod filters;

@@ -68,6 +68,9 @@ pub struct OutputMetrics {
     pub retries_failed: Counter,
     pub dropped_records: Counter,
     pub retried_records: Counter,
+    /// logferry: records and (stored, possibly compressed) bytes confirmed by an object store.
+    pub uploaded_records: Counter,
+    pub uploaded_bytes: Counter,
 }
 
 /// Error and retry-failure events over the last `HC_Period`, for the health endpoints.

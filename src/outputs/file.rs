@@ -143,7 +143,7 @@ impl FileOut {
 }
 
 /// Truncates an unterminated last line (left by a crash mid-write) back to the last newline.
-fn cut_torn_tail(f: &File, path: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn cut_torn_tail(f: &File, path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let len = f.metadata()?.len();
     if len == 0 {

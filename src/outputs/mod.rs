@@ -9,6 +9,8 @@
 
 pub mod file;
 pub mod format;
+pub mod objectstore;
+pub mod s3;
 pub mod stdout;
 
 use std::sync::Arc;
@@ -26,22 +28,54 @@ pub enum OutputPlugin {
     Null,
     Stdout(stdout::Stdout),
     File(file::FileOut),
+    ObjectStore(Box<objectstore::ObjectStoreOutput>),
 }
 
 impl OutputPlugin {
-    pub fn build(name: &str, p: &Props) -> Result<Self, ConfigError> {
+    pub fn build(
+        name: &str,
+        instance: &str,
+        p: &Props,
+        service: &crate::engine::ServiceConfig,
+    ) -> Result<Self, ConfigError> {
         Ok(match name {
             "null" => OutputPlugin::Null,
             "stdout" => OutputPlugin::Stdout(stdout::Stdout::from_props(p)?),
             "file" => OutputPlugin::File(file::FileOut::from_props(p)?),
+            "s3" => OutputPlugin::ObjectStore(Box::new(s3::build(
+                p,
+                instance,
+                service.storage_path.as_deref(),
+                service.backoff,
+            )?)),
             other => {
                 let prop = p.prop("name").expect("name checked by the caller");
                 return Err(ConfigError::key(
                     prop,
-                    format!("unknown output plugin '{other}' (null, stdout, file)"),
+                    format!("unknown output plugin '{other}' (null, stdout, file, s3)"),
                 ));
             }
         })
+    }
+
+    /// Starts background work (the object-store uploader).
+    async fn start(
+        &mut self,
+        metrics: &Arc<OutputMetrics>,
+        health: &Arc<HealthWindow>,
+        hard_stop: &watch::Receiver<bool>,
+    ) {
+        if let OutputPlugin::ObjectStore(o) = self {
+            o.start(metrics.clone(), health.clone(), hard_stop.clone())
+                .await;
+        }
+    }
+
+    /// Shutdown after the queue drained: object stores upload what they spooled.
+    async fn finish(&mut self) {
+        if let OutputPlugin::ObjectStore(o) = self {
+            o.finish().await;
+        }
     }
 
     /// Writes every batch; Ok means the destination has them durably.
@@ -50,6 +84,7 @@ impl OutputPlugin {
             OutputPlugin::Null => Ok(()),
             OutputPlugin::Stdout(s) => s.write(batches),
             OutputPlugin::File(f) => f.write(batches),
+            OutputPlugin::ObjectStore(o) => o.write(batches),
         }
     }
 }
@@ -81,7 +116,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// Full jitter: random in [base, min(cap, base·2^attempt)] seconds.
-    fn delay(&self, attempt: u32) -> Duration {
+    pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self
             .base
             .saturating_mul(1u64 << attempt.min(30))
@@ -110,10 +145,17 @@ impl OutputRunner {
         mut hard_stop: watch::Receiver<bool>,
     ) {
         let name = self.metrics.name.clone();
+        self.plugin
+            .start(&self.metrics, &self.health, &hard_stop)
+            .await;
         loop {
-            let first = tokio::select! {
-                d = queue.recv() => match d { Some(d) => d, None => return },
+            let next = tokio::select! {
+                d = queue.recv() => d,
                 _ = hard_stop.wait_for(|s| *s) => return,
+            };
+            let Some(first) = next else {
+                self.plugin.finish().await;
+                return;
             };
             let mut pending = vec![first];
             let mut records = pending[0].batch.events.len();

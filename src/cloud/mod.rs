@@ -1,0 +1,4 @@
+//! Cloud identities. Owns credential resolution; invariant: secrets never reach logs or errors
+//! (only the source, role and what the service said).
+
+pub mod aws;
