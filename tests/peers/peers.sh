@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# peers.sh install|start|stop — the real servers the integration tests talk to, on 127.0.0.1 only:
+#   s3s-fs (S3 with SigV4 checks, the MinIO stand-in), moto (S3/STS; one open, one enforcing
+#   SigV4 + IAM), oauth2-mock-server (signed JWTs for web identity).
+# `start` writes $PEERS_DIR/env for the tests to source; `stop` kills by PID file.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+PEERS_DIR=${PEERS_DIR:-$HERE/../../target/peers}
+VENV=$PEERS_DIR/venv NPM=$PEERS_DIR/npm RUN=$PEERS_DIR/run
+mkdir -p "$PEERS_DIR" "$RUN"
+
+freeport() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_up() {
+  for _ in $(seq 1 300); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" != 000 ] && return 0; sleep 0.1
+  done; echo "peer not ready: $1" >&2; return 1; }
+bg() { local n=$1; shift; nohup "$@" >"$RUN/$n.log" 2>&1 & echo $! >"$RUN/$n.pid"; }
+
+install() {
+  if [ ! -x "$VENV/bin/moto_server" ]; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q 'moto[s3]==5.2.5' 'flask==3.1.3' 'flask-cors==6.0.2' 'boto3'
+  fi
+  [ -x "$NPM/node_modules/.bin/oauth2-mock-server" ] ||
+    npm install --prefix "$NPM" --no-audit --no-fund oauth2-mock-server@9.3.0 >/dev/null
+  # s3s-fs 0.17 needs rustc >= 1.96; 0.14.1 is the newest that builds with 1.95.
+  command -v s3s-fs >/dev/null || [ -x "$PEERS_DIR/cargo/bin/s3s-fs" ] ||
+    cargo install --locked s3s-fs --version 0.14.1 --features binary --root "$PEERS_DIR/cargo"
+}
+
+start() {
+  stop >/dev/null 2>&1 || true
+  local S3S; S3S=$(command -v s3s-fs || echo "$PEERS_DIR/cargo/bin/s3s-fs")
+  local MOTO MOTO_AUTH S3S_P IDP
+  MOTO=$(freeport) MOTO_AUTH=$(freeport) S3S_P=$(freeport) IDP=$(freeport)
+  rm -rf "$PEERS_DIR/s3s-data"; mkdir -p "$PEERS_DIR/s3s-data"
+  bg moto "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO"
+  INITIAL_NO_AUTH_ACTION_COUNT=3 bg moto-auth "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_AUTH"
+  bg s3s-fs "$S3S" --host 127.0.0.1 --port "$S3S_P" --access-key AKIAS3SFSTEST --secret-key s3s-fs-test-secret "$PEERS_DIR/s3s-data"
+  bg idp "$NPM/node_modules/.bin/oauth2-mock-server" -a 127.0.0.1 -p "$IDP"
+  wait_up "http://127.0.0.1:$MOTO/moto-api/data.json"; wait_up "http://127.0.0.1:$MOTO_AUTH/moto-api/data.json"
+  wait_up "http://127.0.0.1:$S3S_P/"; wait_up "http://127.0.0.1:$IDP/.well-known/openid-configuration"
+  # moto-auth: the first 3 requests are free; spend them creating an admin IAM user and key.
+  local KEYS; KEYS=$("$VENV/bin/python" - "http://127.0.0.1:$MOTO_AUTH" <<'PY'
+import sys, boto3
+iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="boot", aws_secret_access_key="boot")
+iam.create_user(UserName="ci-admin")
+k = iam.create_access_key(UserName="ci-admin")["AccessKey"]
+iam.put_user_policy(UserName="ci-admin", PolicyName="all", PolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}')
+print(k["AccessKeyId"], k["SecretAccessKey"])
+PY
+)
+  cat >"$PEERS_DIR/env" <<ENV
+MOTO_ENDPOINT=http://127.0.0.1:$MOTO
+MOTO_AUTH_ENDPOINT=http://127.0.0.1:$MOTO_AUTH
+MOTO_AUTH_ACCESS_KEY=${KEYS% *}
+MOTO_AUTH_SECRET_KEY=${KEYS#* }
+S3S_ENDPOINT=http://127.0.0.1:$S3S_P
+S3S_ACCESS_KEY=AKIAS3SFSTEST
+S3S_SECRET_KEY=s3s-fs-test-secret
+S3S_DATA=$PEERS_DIR/s3s-data
+OIDC_ISSUER=http://127.0.0.1:$IDP
+PEERS_PYTHON=$VENV/bin/python
+ENV
+  echo "peers up: $PEERS_DIR/env"
+}
+
+stop() {
+  local f p
+  for f in "$RUN"/*.pid; do [ -e "$f" ] || continue; kill "$(cat "$f")" 2>/dev/null || true; done
+  for f in "$RUN"/*.pid; do [ -e "$f" ] || continue; p=$(cat "$f")
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$p" 2>/dev/null; then kill -9 "$p"; fi; rm -f "$f"
+  done
+}
+
+"${1:-start}"

@@ -1,0 +1,227 @@
+//! The `s3` output on the local-directory store (`endpoint file://...`), through the real binary:
+//! append vs overwrite on static keys, compressed bodies, the spool across kill -9, key formats.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+fn s3_config(dir: &Path, log_glob: &str, extra_output: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        "agent.conf",
+        &format!(
+            "[SERVICE]\n    Flush 1\n    Grace 10\n[INPUT]\n    Name tail\n    Path {log_glob}\n    Tag namespace-ns.pod-p.cont-c\n    Read_from_Head On\n    Refresh_Interval 1\n    DB {db}\n[OUTPUT]\n    Name s3\n    Match *\n    bucket local\n    endpoint file://{store}\n    store_dir {spool}\n{extra_output}",
+            db = dir.join("offsets.db").display(),
+            store = dir.join("store").display(),
+            spool = dir.join("spool").display(),
+        ),
+    )
+}
+
+fn union_keys(extra: &str) -> String {
+    format!("    s3_key_format /persisted-logs/$TAG\n    static_file_path true\n    json_date_key false\n    upload_timeout 2s\n{extra}")
+}
+
+fn decompress(bytes: &[u8], kind: &str) -> String {
+    let mut out = String::new();
+    match kind {
+        "gzip" => {
+            flate2::read::MultiGzDecoder::new(bytes)
+                .read_to_string(&mut out)
+                .unwrap();
+        }
+        "zstd" => {
+            out = String::from_utf8(zstd::stream::decode_all(bytes).unwrap()).unwrap();
+        }
+        _ => out = String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+    out
+}
+
+fn object_logs(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["log"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn static_key_appends_every_upload_window_and_overwrite_keeps_fluent_bits_behaviour() {
+    for (mode, expect_first_window) in [("append", true), ("overwrite", false)] {
+        for compression in ["none", "gzip", "zstd"] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = dir.path().join("c.log");
+            append_numbered(&log, "w", 0, 500);
+            let cfg = s3_config(
+                dir.path(),
+                &log.display().to_string(),
+                &union_keys(&format!(
+                    "    static_file_mode {mode}\n    compression {compression}\n"
+                )),
+            );
+            let _agent = Agent::start(dir.path(), &cfg);
+            let object = dir
+                .path()
+                .join("store/persisted-logs/namespace-ns.pod-p.cont-c");
+            let read = || {
+                std::fs::read(&object)
+                    .map(|b| object_logs(&decompress(&b, compression)))
+                    .unwrap_or_default()
+            };
+            wait_until(T, "first window uploaded", || read().len() >= 500);
+            append_numbered(&log, "w", 500, 300);
+            wait_until(T, "second window uploaded", || {
+                read().iter().any(|l| l.starts_with("w-00000799"))
+            });
+            let logs = read();
+            if expect_first_window {
+                assert_eq!(
+                    assert_all_present(&logs, "w", 800),
+                    0,
+                    "{mode}/{compression}: one object holds both windows, once"
+                );
+                assert_eq!(logs.len(), 800);
+            } else {
+                assert_eq!(
+                    logs.len(),
+                    300,
+                    "overwrite keeps only the last window, as Fluent Bit does"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn spooled_records_survive_kill_9_and_are_uploaded_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("c.log");
+    append_numbered(&log, "k", 0, 20_000);
+    let cfg = s3_config(
+        dir.path(),
+        &log.display().to_string(),
+        "    s3_key_format /logs/$TAG/$INDEX.jsonl\n    upload_timeout 10m\n",
+    );
+    let mut agent = Agent::start(dir.path(), &cfg);
+    let spool = dir.path().join("spool/local/open");
+    let spooled = || {
+        std::fs::read_dir(&spool)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "data"))
+                    .map(|e| count_lines(&e.path()))
+                    .sum::<usize>()
+            })
+            .unwrap_or(0)
+    };
+    wait_until(T, "records spooled", || spooled() >= 20_000);
+    agent.kill9();
+    assert!(
+        !dir.path().join("store").exists(),
+        "nothing uploaded before the kill (upload_timeout 10m)"
+    );
+    // Restart and stop gracefully: shutdown uploads what the spool holds.
+    let mut agent = Agent::start(dir.path(), &cfg);
+    std::thread::sleep(Duration::from_millis(800));
+    agent.sigterm();
+    assert!(agent.wait_exit(Duration::from_secs(30)).success());
+    let objects: Vec<_> =
+        std::fs::read_dir(dir.path().join("store/logs/namespace-ns.pod-p.cont-c"))
+            .unwrap()
+            .flatten()
+            .collect();
+    let mut logs = Vec::new();
+    for o in &objects {
+        logs.extend(object_logs(&std::fs::read_to_string(o.path()).unwrap()));
+    }
+    assert_eq!(
+        assert_all_present(&logs, "k", 20_000),
+        0,
+        "acknowledged by the spool, so never read twice"
+    );
+    let names: Vec<String> = objects
+        .iter()
+        .map(|o| o.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["0.jsonl"], "$INDEX starts at 0");
+}
+
+#[test]
+fn key_format_date_key_and_object_suffix_follow_fluent_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("c.log");
+    std::fs::write(&log, "2026-01-02T03:04:05.123456789Z stdout F hello\n").unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "agent.conf",
+        &format!(
+            "[INPUT]\n    Name tail\n    Path {}\n    Tag app-logs.prod\n    multiline.parser cri\n    Read_from_Head On\n    Exit_On_Eof On\n[OUTPUT]\n    Name s3\n    Match *\n    bucket b\n    endpoint file://{}\n    store_dir {}\n    s3_key_format /$TAG[1]/$TAG[0]/%Y/%m/%d/%H%M%S\n    s3_key_format_tag_delimiters .-\n",
+            log.display(),
+            dir.path().join("store").display(),
+            dir.path().join("spool").display()
+        ),
+    );
+    let mut agent = Agent::start(dir.path(), &cfg);
+    assert!(agent.wait_exit(T).success(), "{}", agent.log_text());
+    let key_dir = dir.path().join("store/logs/app/2026/01/02");
+    let objects: Vec<_> = std::fs::read_dir(&key_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(objects.len(), 1);
+    // No $UUID/$INDEX and static_file_path off: Fluent Bit's "-object<8 random>" suffix.
+    assert!(
+        objects[0].starts_with("030405-object") && objects[0].len() == "030405-object".len() + 8,
+        "{objects:?}"
+    );
+    let body = std::fs::read_to_string(key_dir.join(&objects[0])).unwrap();
+    assert_eq!(body, "{\"date\":\"2026-01-02T03:04:05.123456Z\",\"time\":\"2026-01-02T03:04:05.123456789Z\",\"stream\":\"stdout\",\"_p\":\"F\",\"log\":\"hello\"}\n");
+}
+
+#[test]
+fn s3_option_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (line, expected) in [
+        (
+            "    upload_chunk_size 5M\n",
+            "key 'upload_chunk_size': upload_chunk_size must be at least 5,242,880",
+        ),
+        (
+            "    compression snappy\n",
+            "key 'compression': compression 'snappy' is not supported",
+        ),
+        (
+            "    s3_key_format no/slash\n",
+            "key 's3_key_format': s3_key_format must start with '/'",
+        ),
+        (
+            "    external_id abc\n",
+            "key 'external_id': external_id needs role_arn",
+        ),
+        ("    static_file_mode sometimes\n", "key 'static_file_mode'"),
+    ] {
+        let cfg = write_config(dir.path(), "bad.conf", &format!("[INPUT]\n    Name dummy\n[OUTPUT]\n    Name s3\n    Match *\n    bucket b\n    store_dir {}\n{line}", dir.path().join("spool").display()));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_logferry"))
+            .args(["--dry-run", "-c"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            text.contains("bad.conf:") && text.contains(expected),
+            "expected {expected} in {text}"
+        );
+    }
+}
