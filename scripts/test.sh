@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The project's test command (README, CI): format, lints, unit and integration tests.
-# Integration tests run the real logferry binary; nothing but the Rust toolchain is needed.
+# The project's test command (README, CI): format, lints, then unit and integration tests.
+# Integration tests run the real logferry binary against real peers on 127.0.0.1
+# (s3s-fs, moto, oauth2-mock-server), which tests/peers/peers.sh installs and starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+bash tests/peers/peers.sh install
+bash tests/peers/peers.sh start
+trap 'bash tests/peers/peers.sh stop' EXIT
 cargo test --lib --bins --tests

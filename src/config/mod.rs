@@ -240,9 +240,15 @@ impl<'a> Props<'a> {
         }
     }
 
+    /// The last value of `key` (a repeated single-valued key: the last one wins, as in Fluent Bit).
     pub fn prop(&self, key: &str) -> Option<&'a Property> {
         let i = self.position(key)?;
-        self.used.borrow_mut()[i] = true;
+        let mut used = self.used.borrow_mut();
+        for (j, p) in self.section.props.iter().enumerate() {
+            if p.key.eq_ignore_ascii_case(key) {
+                used[j] = true;
+            }
+        }
         Some(&self.section.props[i])
     }
 

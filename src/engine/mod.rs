@@ -448,7 +448,7 @@ impl Pipeline {
             .await
             .is_err()
         {
-            tracing::warn!("Grace period expired with undelivered records: they stay uncommitted and are read again on restart");
+            tracing::warn!("Grace period expired before every output finished: unacknowledged records are read again on restart, spooled ones stay in the output's store_dir");
             let _ = hard_stop_tx.send(true);
             all_done.await;
         }

@@ -59,7 +59,7 @@ pub fn build(
     let upload_chunk_size = p.size("upload_chunk_size", MIN_PART)?;
     if let Some(prop) = p.prop("upload_chunk_size") {
         if upload_chunk_size < MIN_PART {
-            return Err(ConfigError::key(prop, format!("upload_chunk_size must be at least 5,242,880 bytes (S3's minimum part); note 5M = 5,000,000")));
+            return Err(ConfigError::key(prop, "upload_chunk_size must be at least 5,242,880 bytes (S3's minimum part); note 5M = 5,000,000"));
         }
         if upload_chunk_size > total_file_size {
             return Err(ConfigError::key(
@@ -132,7 +132,7 @@ pub fn build(
             StoreSpec::Local(PathBuf::from(e.trim_start_matches("file://")))
         }
         endpoint => StoreSpec::S3 {
-            identity,
+            identity: Box::new(identity),
             endpoint: endpoint.map(with_scheme),
             bucket: bucket.clone(),
             options,

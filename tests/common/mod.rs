@@ -2,6 +2,8 @@
 //! wait for conditions, read what outputs wrote, talk HTTP to the monitoring API.
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -19,18 +21,24 @@ impl Agent {
     }
 
     pub fn start_with(dir: &Path, config: &Path, extra: &[&str]) -> Agent {
+        Self::start_custom(dir, config, |c| {
+            c.args(extra);
+        })
+    }
+
+    /// Starts with a hook to adjust the command (environment, extra flags).
+    pub fn start_custom(dir: &Path, config: &Path, adjust: impl FnOnce(&mut Command)) -> Agent {
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let log = dir.join(format!("agent-{n}.stderr"));
         let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_logferry"))
-            .arg("-c")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_logferry"));
+        cmd.arg("-c")
             .arg(config)
-            .args(extra)
             .current_dir(dir)
             .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn logferry");
+            .stderr(log_file);
+        adjust(&mut cmd);
+        let child = cmd.spawn().expect("spawn logferry");
         Agent { child, log }
     }
 

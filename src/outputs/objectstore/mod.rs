@@ -216,7 +216,7 @@ fn count_lines(path: &std::path::Path) -> u64 {
 pub enum StoreSpec {
     Local(PathBuf),
     S3 {
-        identity: crate::cloud::aws::AwsIdentity,
+        identity: Box<crate::cloud::aws::AwsIdentity>,
         endpoint: Option<String>,
         bucket: String,
         options: store::PutOptions,
@@ -234,7 +234,13 @@ impl StoreSpec {
                 options,
             } => {
                 let sdk = identity.sdk_config().await;
-                let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true);
+                // Checksums only where S3 requires them: S3-compatible stores differ in how they
+                // handle flexible checksums on multipart uploads; `send_content_md5` adds MD5.
+                let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+                    .force_path_style(true)
+                    .request_checksum_calculation(
+                        aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                    );
                 if let Some(e) = endpoint {
                     conf = conf.endpoint_url(e);
                 }

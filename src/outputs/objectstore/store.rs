@@ -136,8 +136,34 @@ pub struct S3Store {
     pub identity: String,
 }
 
-fn sdk_err<E: std::error::Error + 'static>(what: &str, e: E) -> StoreError {
-    StoreError(format!("{what}: {}", DisplayErrorContext(&e)))
+/// `<operation>: HTTP <status> <code>: <message>` — what the service said, never credentials.
+fn sdk_err<E, R>(what: &str, e: aws_sdk_s3::error::SdkError<E, R>) -> StoreError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + HttpStatus,
+{
+    use aws_sdk_s3::error::SdkError;
+    match &e {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status_code();
+            let err = se.err();
+            let code = err.code().unwrap_or("(no error code)");
+            let message = err.message().map(|m| format!(": {m}")).unwrap_or_default();
+            StoreError(format!("{what}: HTTP {status} {code}{message}"))
+        }
+        _ => StoreError(format!("{what}: {}", DisplayErrorContext(&e))),
+    }
+}
+
+/// The HTTP status of a raw response (the SDK's response type, via its accessor).
+pub trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
 }
 
 fn md5_base64(bytes: &[u8]) -> String {
@@ -218,7 +244,14 @@ impl S3Store {
             .map_err(|e| io_err("spool", e))?
             .len();
         let upload_id = match &state.upload_id {
-            Some(id) => id.clone(),
+            Some(id) => {
+                tracing::info!(
+                    key,
+                    parts_done = state.parts.len(),
+                    "resuming multipart upload"
+                );
+                id.clone()
+            }
             None => {
                 let mut req = self
                     .client
@@ -392,10 +425,20 @@ impl S3Store {
                 let not_found = e.as_service_error().is_some_and(|s| s.is_not_found())
                     || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
                 if !not_found {
-                    return Err(sdk_err(
-                        &format!("HeadObject s3://{}/{key}", self.bucket),
-                        e,
-                    ));
+                    // A HEAD error has no body, so no code: a 1-byte GET says why (auth, bucket...).
+                    let head = sdk_err(&format!("HeadObject s3://{}/{key}", self.bucket), e);
+                    let probe = self
+                        .client
+                        .get_object()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .range("bytes=0-0")
+                        .send()
+                        .await;
+                    return Err(match probe {
+                        Err(get) => sdk_err(&format!("GetObject s3://{}/{key}", self.bucket), get),
+                        Ok(_) => head,
+                    });
                 }
                 None
             }
