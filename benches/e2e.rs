@@ -2,10 +2,13 @@
 //! runs the real `logferry` binary on it (tail → null, tail → file) with `Read_from_Head On` +
 //! `Exit_On_Eof On`, and reports MB/s, MB per CPU-second and peak RSS (from `wait4`).
 //! With `FLUENT_BIT=/path/to/fluent-bit` it runs Fluent Bit on the same input and configs and
-//! prints the ratios.
+//! prints the ratios. The `s3` cases write gzip objects to a local directory (logferry only) and,
+//! when `S3S_ENDPOINT`/`S3S_DATA`/`S3S_ACCESS_KEY`/`S3S_SECRET_KEY` are set (source
+//! `target/peers/env` after `tests/peers/peers.sh start`), to s3s-fs for both agents; the
+//! compressed size of what was stored is printed.
 //!
 //! `cargo bench --bench e2e` (env: `E2E_BYTES` input size, default 1073741824; `E2E_DIR` work
-//! directory, default `target/e2e`). MB = 10^6 bytes of the raw CRI file.
+//! directory, default `target/e2e`; `E2E_ONLY` runs the cases whose name contains it). MB = 10^6 bytes of the raw CRI file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -89,9 +92,34 @@ fn generate(path: &Path, bytes: u64) -> std::io::Result<()> {
     f.flush()
 }
 
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                dir_size(&e.path())
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            }
+        })
+        .sum()
+}
+
 fn run(binary: &str, config: &Path) -> Run {
     let start = Instant::now();
-    let child = Command::new(binary)
+    let mut cmd = Command::new(binary);
+    if let (Ok(k), Ok(s)) = (
+        std::env::var("S3S_ACCESS_KEY"),
+        std::env::var("S3S_SECRET_KEY"),
+    ) {
+        cmd.env("AWS_ACCESS_KEY_ID", k)
+            .env("AWS_SECRET_ACCESS_KEY", s)
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+    }
+    let child = cmd
         .arg("-c")
         .arg(config)
         .stdout(Stdio::null())
@@ -127,7 +155,7 @@ fn config(
         .unwrap_or_default();
     std::fs::write(
         &p,
-        format!("[SERVICE]\n    Flush 1\n    Log_Level error\n[INPUT]\n    Name tail\n    Path {}\n    multiline.parser cri\n    Read_from_Head On\n    Exit_On_Eof On\n    Buffer_Chunk_Size 512k\n    Buffer_Max_Size 512k\n{limit}[OUTPUT]\n    Name {output}\n    Match *\n", input.display()),
+        format!("[SERVICE]\n    Flush 1\n    Grace 600\n    Log_Level error\n[INPUT]\n    Name tail\n    Path {}\n    multiline.parser cri\n    Read_from_Head On\n    Exit_On_Eof On\n    Buffer_Chunk_Size 512k\n    Buffer_Max_Size 512k\n{limit}[OUTPUT]\n    Name {output}\n    Match *\n", input.display()),
     )
     .unwrap();
     p
@@ -155,29 +183,75 @@ fn main() {
         "file\n    Path {}\n    File out\n    Format plain",
         out_dir.display()
     );
-    let cases: Vec<(&str, String, Option<&str>)> = vec![
-        ("tail→null", "null".into(), None),
-        ("tail→null Mem_Buf_Limit 5MB", "null".into(), Some("5MB")),
-        ("tail→file (plain JSON)", file_out, None),
+    let store = dir.join("store");
+    let s3_common = "    compression gzip\n    s3_key_format /bench/$TAG/$UUID.gz\n    total_file_size 100M\n    upload_timeout 10m";
+    // (name, output section, who runs it, where the stored bytes are)
+    let mut cases: Vec<(&str, String, bool, Option<PathBuf>)> = vec![
+        ("tail→null", "null".into(), true, None),
+        ("tail→null Mem_Buf_Limit 5MB", "null".into(), true, None),
+        (
+            "tail→file (plain JSON)",
+            file_out,
+            true,
+            Some(out_dir.clone()),
+        ),
+        (
+            "tail→s3 gzip (local dir)",
+            format!(
+                "s3\n    bucket bench\n    endpoint file://{}\n    store_dir {}\n{s3_common}",
+                store.display(),
+                dir.join("spool").display()
+            ),
+            false,
+            Some(store.clone()),
+        ),
     ];
+    if let (Ok(endpoint), Ok(data)) = (std::env::var("S3S_ENDPOINT"), std::env::var("S3S_DATA")) {
+        let bucket = PathBuf::from(&data).join("e2e-bench");
+        cases.push((
+            "tail→s3 gzip (s3s-fs)",
+            format!(
+                "s3\n    bucket e2e-bench\n    endpoint {endpoint}\n    store_dir {}\n{s3_common}",
+                dir.join("spool").display()
+            ),
+            true,
+            Some(bucket),
+        ));
+    }
     let fluent_bit = std::env::var("FLUENT_BIT").ok();
     println!("input: {} ({size:.0} MB)", input.display());
     println!(
-        "{:<30} {:>10} {:>9} {:>12} {:>10} {:>8}",
-        "pipeline", "agent", "MB/s", "MB/CPU-s", "peak RSS", "status"
+        "{:<30} {:>10} {:>9} {:>12} {:>10} {:>10} {:>8}",
+        "pipeline", "agent", "MB/s", "MB/CPU-s", "peak RSS", "stored MB", "status"
     );
-    for (i, (name, output, limit)) in cases.iter().enumerate() {
-        let cfg = config(&dir, &format!("case{i}"), &input, output, *limit);
+    let only = std::env::var("E2E_ONLY").ok();
+    for (i, (name, output, both, stored)) in cases.iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
+        let limit = name.contains("Mem_Buf_Limit").then_some("5MB");
+        let cfg = config(&dir, &format!("case{i}"), &input, output, limit);
         let mut results = Vec::new();
         for (agent, bin) in [
             ("logferry", Some(env!("CARGO_BIN_EXE_logferry").to_string())),
-            ("fluent-bit", fluent_bit.clone()),
+            ("fluent-bit", fluent_bit.clone().filter(|_| *both)),
         ] {
             let Some(bin) = bin else { continue };
-            let _ = std::fs::remove_file(out_dir.join("out"));
+            for d in [&out_dir, &store, &dir.join("spool")] {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            std::fs::create_dir_all(&out_dir).unwrap();
+            if let Some(s) = stored {
+                let _ = std::fs::remove_dir_all(s);
+                std::fs::create_dir_all(s).unwrap();
+            }
             let r = run(&bin, &cfg);
+            let stored_mb = stored
+                .as_ref()
+                .map(|s| format!("{:.1}", dir_size(s) as f64 / 1e6))
+                .unwrap_or_else(|| "-".into());
             println!(
-                "{name:<30} {agent:>10} {:>9.1} {:>12.1} {:>7.1} MiB {:>8}",
+                "{name:<30} {agent:>10} {:>9.1} {:>12.1} {:>7.1} MiB {stored_mb:>10} {:>8}",
                 size / r.wall,
                 size / r.cpu,
                 r.max_rss_kib as f64 / 1024.0,
@@ -187,12 +261,12 @@ fn main() {
         }
         if let [ours, theirs] = results.as_slice() {
             println!(
-                "{:<30} {:>10} {:>9.2}x {:>11.2}x {:>10.2}x",
+                "{:<30} {:>10} {:>8.2}x {:>11.2}x {:>9.2}x",
                 "",
-                "ratio",
+                "FB/ours",
                 theirs.wall / ours.wall,
                 theirs.cpu / ours.cpu,
-                ours.max_rss_kib as f64 / theirs.max_rss_kib as f64
+                theirs.max_rss_kib as f64 / ours.max_rss_kib as f64
             );
         }
     }

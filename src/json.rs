@@ -2,8 +2,8 @@
 //!
 //! Writer rules kept from `flb_utils_write_str` / `flb_msgpack_to_json`: `"` `\` and the C escapes
 //! `\n \r \t \b \f` are escaped, other control bytes and DEL become `\u00xx`, non-ASCII becomes
-//! `\uXXXX` (surrogate pairs above U+FFFF) while `json.escape_unicode` is on, invalid UTF-8 becomes
-//! U+FFFD, `/` is left alone; integral floats print as `%.1f`, others as `%.16g`. The string
+//! `\uXXXX` (surrogate pairs above U+FFFF) while `json.escape_unicode` is on, each byte of invalid
+//! UTF-8 becomes U+E000 + byte (as Fluent Bit maps fragments), `/` is left alone; integral floats print as `%.1f`, others as `%.16g`. The string
 //! scanner copies clean runs in one go, so ASCII log lines cost one table lookup per byte.
 
 use std::fmt;
@@ -73,7 +73,11 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8], escape_unicode: bool) {
                     && i + width <= s.len()
                     && std::str::from_utf8(&s[i..i + width]).is_ok();
                 if !valid {
-                    out.extend_from_slice("\u{FFFD}".as_bytes());
+                    // Fluent Bit maps each byte of an invalid sequence to U+E000 + byte (its
+                    // "fragment" private-use block), so the byte stays recoverable.
+                    let mapped = char::from_u32(0xE000 + b as u32).expect("private-use code point");
+                    let mut tmp = [0u8; 4];
+                    out.extend_from_slice(mapped.encode_utf8(&mut tmp).as_bytes());
                     i += 1;
                 } else if escape_unicode {
                     let ch = std::str::from_utf8(&s[i..i + width])
@@ -323,7 +327,7 @@ mod tests {
         );
         assert_eq!(s("é😀".as_bytes(), true), r#""\u00e9\ud83d\ude00""#);
         assert_eq!(s("é".as_bytes(), false), "\"é\"");
-        assert_eq!(s(b"a\xffb\x00", true), "\"a\u{FFFD}b\\u0000\"");
+        assert_eq!(s(b"a\xffb\x00", true), "\"a\u{E0FF}b\\u0000\"");
     }
 
     #[test]

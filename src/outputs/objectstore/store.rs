@@ -172,6 +172,23 @@ fn md5_base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(bytes))
 }
 
+fn md5_file_base64(path: &Path) -> std::io::Result<String> {
+    use base64::Engine;
+    use md5::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = md5::Md5::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(hasher.finalize()))
+}
+
 fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(path).map_err(|e| io_err("spool", e))?;
@@ -197,21 +214,33 @@ impl S3Store {
     ) -> Result<(), StoreError> {
         let o = &self.options;
         let mut req = self.client.put_object().bucket(&self.bucket).key(key);
-        let mut content = std::fs::read(body).map_err(|e| io_err("spool", e))?;
+        // A body with a prefix (append rewrite of a small object) is built in memory; otherwise
+        // the spool file is streamed, so memory does not grow with `total_file_size`.
+        let mut joined = None;
         if let Some((cond, prefix)) = expect {
             req = match cond {
                 Expect::Absent => req.if_none_match("*"),
                 Expect::Version(etag) => req.if_match(etag),
             };
             if !prefix.is_empty() {
-                let mut joined = prefix;
-                joined.extend_from_slice(&content);
-                content = joined;
+                let mut bytes = prefix;
+                bytes.extend_from_slice(&std::fs::read(body).map_err(|e| io_err("spool", e))?);
+                joined = Some(bytes);
             }
         }
         if o.send_content_md5 {
-            req = req.content_md5(md5_base64(&content));
+            let digest = match &joined {
+                Some(bytes) => md5_base64(bytes),
+                None => md5_file_base64(body).map_err(|e| io_err("spool", e))?,
+            };
+            req = req.content_md5(digest);
         }
+        let stream = match joined {
+            Some(bytes) => ByteStream::from(bytes),
+            None => ByteStream::from_path(body)
+                .await
+                .map_err(|e| StoreError(format!("spool {}: {e}", body.display())))?,
+        };
         req = req
             .set_content_type(o.content_type.clone())
             .set_content_encoding(o.content_encoding.map(str::to_string));
@@ -221,7 +250,7 @@ impl S3Store {
         if let Some(class) = &o.storage_class {
             req = req.storage_class(class.as_str().into());
         }
-        req.body(ByteStream::from(content))
+        req.body(stream)
             .send()
             .await
             .map_err(|e| sdk_err(&format!("PutObject s3://{}/{key}", self.bucket), e))?;
@@ -322,7 +351,7 @@ impl S3Store {
                 continue;
             }
             let offset = i * part_size;
-            let bytes = read_range(body, offset, part_size.min(size - offset))?;
+            let len = part_size.min(size - offset);
             let mut req = self
                 .client
                 .upload_part()
@@ -331,9 +360,17 @@ impl S3Store {
                 .upload_id(&upload_id)
                 .part_number(number);
             if o.send_content_md5 {
-                req = req.content_md5(md5_base64(&bytes));
+                req = req.content_md5(md5_base64(&read_range(body, offset, len)?));
             }
-            let out = match req.body(ByteStream::from(bytes)).send().await {
+            // Streamed from the spool file: a part is never held in memory.
+            let part = ByteStream::read_from()
+                .path(body)
+                .offset(offset)
+                .length(aws_sdk_s3::primitives::Length::Exact(len))
+                .build()
+                .await
+                .map_err(|e| StoreError(format!("spool {}: {e}", body.display())))?;
+            let out = match req.body(part).send().await {
                 Ok(out) => out,
                 Err(e) => {
                     let err = sdk_err(
