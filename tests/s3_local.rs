@@ -114,16 +114,7 @@ fn spooled_records_survive_kill_9_and_are_uploaded_after_restart() {
     );
     let mut agent = Agent::start(dir.path(), &cfg);
     let spool = dir.path().join("spool/local/open");
-    let spooled = || {
-        std::fs::read_dir(&spool)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "data"))
-                    .map(|e| count_lines(&e.path()))
-                    .sum::<usize>()
-            })
-            .unwrap_or(0)
-    };
+    let spooled = || spooled_lines(&spool);
     wait_until(T, "records spooled", || spooled() >= 20_000);
     agent.kill9();
     assert!(

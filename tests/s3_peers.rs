@@ -190,16 +190,7 @@ fn kill_9_during_a_multipart_upload_resumes_it() {
         agent.log_text()
     );
     let open = dir.path().join(format!("spool/{bucket}/open"));
-    let spooled = || {
-        std::fs::read_dir(&open)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "data"))
-                    .map(|e| count_lines(&e.path()))
-                    .sum::<usize>()
-            })
-            .unwrap_or(0)
-    };
+    let spooled = || spooled_lines(&open);
     wait_until(T, "whole file spooled", || spooled() >= 500_000);
     // Graceful stop seals the spool and starts uploading; kill -9 once a part is confirmed.
     agent.sigterm();

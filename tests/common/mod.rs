@@ -195,3 +195,15 @@ pub fn assert_all_present(values: &[String], prefix: &str, count: usize) -> usiz
     );
     seen.iter().map(|c| c.saturating_sub(1) as usize).sum()
 }
+
+/// Lines waiting in an object-store spool's `open/` buffers.
+pub fn spooled_lines(open_dir: &Path) -> usize {
+    std::fs::read_dir(open_dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "data"))
+                .map(|e| count_lines(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -32,6 +32,21 @@ struct BufferMeta {
     open_id: Option<String>,
 }
 
+impl BufferMeta {
+    fn sealed(self, seq: u64, data: PathBuf, size: u64) -> SealedChunk {
+        SealedChunk {
+            seq,
+            tag: self.tag,
+            first: EventTime {
+                sec: self.first_sec,
+                nsec: self.first_nsec,
+            },
+            data,
+            size,
+        }
+    }
+}
+
 struct OpenBuffer {
     id: String,
     data: File,
@@ -162,16 +177,7 @@ impl Spool {
             };
             spool.used += size;
             spool.next_seq = spool.next_seq.max(seq + 1);
-            sealed.push(SealedChunk {
-                seq,
-                tag: meta.tag,
-                first: EventTime {
-                    sec: meta.first_sec,
-                    nsec: meta.first_nsec,
-                },
-                data,
-                size,
-            });
+            sealed.push(meta.sealed(seq, data, size));
         }
         sealed.sort_by_key(|c| c.seq);
         for entry in std::fs::read_dir(root.join("open"))?.flatten() {
@@ -311,16 +317,7 @@ impl Spool {
         )?;
         std::fs::remove_file(self.root.join("open").join(format!("{}.meta", buf.id)))?;
         File::open(&sealed_dir)?.sync_all()?;
-        Ok(Some(SealedChunk {
-            seq,
-            tag: meta.tag,
-            first: EventTime {
-                sec: meta.first_sec,
-                nsec: meta.first_nsec,
-            },
-            data,
-            size: buf.size,
-        }))
+        Ok(Some(meta.sealed(seq, data, buf.size)))
     }
 
     /// Forgets an uploaded chunk and deletes its files.

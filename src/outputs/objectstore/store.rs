@@ -21,6 +21,23 @@ fn io_err(context: &str, e: std::io::Error) -> StoreError {
     StoreError(format!("{context}: {e}"))
 }
 
+/// Applies [`PutOptions`] to a PutObject or CreateMultipartUpload request (two SDK builder types
+/// with the same setters, hence a macro).
+macro_rules! with_object_headers {
+    ($req:expr, $o:expr) => {{
+        let mut req = $req
+            .set_content_type($o.content_type.clone())
+            .set_content_encoding($o.content_encoding.map(str::to_string));
+        if let Some(acl) = &$o.canned_acl {
+            req = req.acl(acl.as_str().into());
+        }
+        if let Some(class) = &$o.storage_class {
+            req = req.storage_class(class.as_str().into());
+        }
+        req
+    }};
+}
+
 /// Headers every upload carries (Fluent Bit's `content_type`, `canned_acl`, `storage_class`,
 /// `send_content_md5`, and `Content-Encoding` from `compression`).
 #[derive(Debug, Clone, Default)]
@@ -241,15 +258,7 @@ impl S3Store {
                 .await
                 .map_err(|e| StoreError(format!("spool {}: {e}", body.display())))?,
         };
-        req = req
-            .set_content_type(o.content_type.clone())
-            .set_content_encoding(o.content_encoding.map(str::to_string));
-        if let Some(acl) = &o.canned_acl {
-            req = req.acl(acl.as_str().into());
-        }
-        if let Some(class) = &o.storage_class {
-            req = req.storage_class(class.as_str().into());
-        }
+        req = with_object_headers!(req, o);
         req.body(stream)
             .send()
             .await
@@ -287,15 +296,7 @@ impl S3Store {
                     .create_multipart_upload()
                     .bucket(&self.bucket)
                     .key(key);
-                req = req
-                    .set_content_type(o.content_type.clone())
-                    .set_content_encoding(o.content_encoding.map(str::to_string));
-                if let Some(acl) = &o.canned_acl {
-                    req = req.acl(acl.as_str().into());
-                }
-                if let Some(class) = &o.storage_class {
-                    req = req.storage_class(class.as_str().into());
-                }
+                req = with_object_headers!(req, o);
                 let out = req.send().await.map_err(|e| {
                     sdk_err(
                         &format!("CreateMultipartUpload s3://{}/{key}", self.bucket),
