@@ -455,3 +455,92 @@ fn irsa_web_identity_token_file() {
         agent.log_text()
     );
 }
+
+/// A full spool (`store_dir_limit_size`) pauses the input instead of discarding: while the
+/// server is down the tail input stops reading (paused, bytes left unread); when the server is
+/// back every line is uploaded once.
+#[test]
+fn full_spool_pauses_the_input_and_loses_nothing() {
+    let p = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    std::fs::create_dir(dir.path().join("containers")).unwrap();
+    let log = dir.path().join("containers").join(POD_LOG);
+    cri_lines(&log, "f", 0, 40_000);
+    let api = free_port();
+    let cfg = union_config(
+        dir.path(),
+        &endpoint,
+        "full",
+        "    store_dir_limit_size 200k\n    upload_timeout 1s\n",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[SERVICE]\n", &format!("[SERVICE]\n    HTTP_Server On\n    HTTP_Listen 127.0.0.1\n    HTTP_Port {api}\n    scheduler.base 1\n    scheduler.cap 1\n"))
+        .replace("Mem_Buf_Limit 5MB", "Mem_Buf_Limit 1MB");
+    std::fs::write(&cfg, text).unwrap();
+    let agent = s3s_agent(&p, dir.path(), &cfg, p.var("S3S_SECRET_KEY"));
+    let prom = || {
+        http_get(api, "/api/v1/metrics/prometheus")
+            .map(|r| r.1)
+            .unwrap_or_default()
+    };
+    wait_until(T, "input paused by the full spool", || {
+        prom().contains("fluentbit_input_ingestion_paused{name=\"tail.0\"} 1")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = prom();
+    let lag: i64 = metrics
+        .lines()
+        .find(|l| l.starts_with("logferry_input_lag_bytes{name=\"tail.0\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        lag > 1_000_000,
+        "most of the file stays unread while the spool is full (lag {lag})"
+    );
+    assert!(
+        agent.log_text().contains("store_dir_limit_size reached"),
+        "{}",
+        agent.log_text()
+    );
+    let data = dir.path().join("s3data");
+    std::fs::create_dir(&data).unwrap();
+    let mut server = std::process::Command::new(p.var("S3S_BIN"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            p.var("S3S_ACCESS_KEY"),
+            "--secret-key",
+            p.var("S3S_SECRET_KEY"),
+        ])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = p.s3(&endpoint, p.var("S3S_ACCESS_KEY"), p.var("S3S_SECRET_KEY"));
+    wait_until(T, "server up", || {
+        common::peers::block_on(async { client.list_buckets().send().await.is_ok() })
+    });
+    create_bucket(&client, "full");
+    wait_until(T, "everything uploaded", || {
+        object_size(&client, "full", KEY) > 5_000_000
+            && get_object(&client, "full", KEY).is_some_and(|b| logs_of(&b).len() >= 40_000)
+    });
+    assert_eq!(
+        assert_all_present(
+            &logs_of(&get_object(&client, "full", KEY).unwrap()),
+            "f",
+            40_000
+        ),
+        0
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
