@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
@@ -28,33 +27,6 @@ fn union_keys(extra: &str) -> String {
     format!("    s3_key_format /persisted-logs/$TAG\n    static_file_path true\n    json_date_key false\n    upload_timeout 2s\n{extra}")
 }
 
-fn decompress(bytes: &[u8], kind: &str) -> String {
-    let mut out = String::new();
-    match kind {
-        "gzip" => {
-            flate2::read::MultiGzDecoder::new(bytes)
-                .read_to_string(&mut out)
-                .unwrap();
-        }
-        "zstd" => {
-            out = String::from_utf8(zstd::stream::decode_all(bytes).unwrap()).unwrap();
-        }
-        _ => out = String::from_utf8(bytes.to_vec()).unwrap(),
-    }
-    out
-}
-
-fn object_logs(text: &str) -> Vec<String> {
-    text.lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["log"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect()
-}
-
 #[test]
 fn static_key_appends_every_upload_window_and_overwrite_keeps_fluent_bits_behaviour() {
     for (mode, expect_first_window) in [("append", true), ("overwrite", false)] {
@@ -75,7 +47,7 @@ fn static_key_appends_every_upload_window_and_overwrite_keeps_fluent_bits_behavi
                 .join("store/persisted-logs/namespace-ns.pod-p.cont-c");
             let read = || {
                 std::fs::read(&object)
-                    .map(|b| object_logs(&decompress(&b, compression)))
+                    .map(|b| object_logs(&b))
                     .unwrap_or_default()
             };
             wait_until(T, "first window uploaded", || read().len() >= 500);
@@ -133,7 +105,7 @@ fn spooled_records_survive_kill_9_and_are_uploaded_after_restart() {
             .collect();
     let mut logs = Vec::new();
     for o in &objects {
-        logs.extend(object_logs(&std::fs::read_to_string(o.path()).unwrap()));
+        logs.extend(object_logs(&std::fs::read(o.path()).unwrap()));
     }
     assert_eq!(
         assert_all_present(&logs, "k", 20_000),

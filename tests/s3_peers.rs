@@ -3,35 +3,15 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use common::peers::{create_bucket, get_object, isolated_aws_env, list_keys, object_size, Peers};
+use common::peers::{
+    create_bucket, get_object, isolated_aws_env, list_keys, object_size, start_s3s, Peers,
+};
 use common::*;
 
 const T: Duration = Duration::from_secs(90);
-
-fn logs_of(body: &[u8]) -> Vec<String> {
-    let mut text = String::new();
-    if body.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::MultiGzDecoder::new(body)
-            .read_to_string(&mut text)
-            .unwrap();
-    } else if body.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        text = String::from_utf8(zstd::stream::decode_all(body).unwrap()).unwrap();
-    } else {
-        text = String::from_utf8(body.to_vec()).unwrap();
-    }
-    text.lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["log"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect()
-}
 
 fn bucket_name(prefix: &str) -> String {
     format!(
@@ -106,7 +86,7 @@ fn union_configmap_on_s3s_keeps_every_window_in_one_object() {
         let _agent = s3s_agent(&p, dir.path(), &cfg, p.var("S3S_SECRET_KEY"));
         let read = || {
             get_object(&client, &bucket, KEY)
-                .map(|b| logs_of(&b))
+                .map(|b| object_logs(&b))
                 .unwrap_or_default()
         };
         wait_until(T, "first window", || read().len() >= 1000);
@@ -138,7 +118,7 @@ fn multipart_above_5_mib_and_append_by_server_side_copy() {
     let _agent = s3s_agent(&p, dir.path(), &cfg, p.var("S3S_SECRET_KEY"));
     let read = || {
         get_object(&client, &bucket, KEY)
-            .map(|b| logs_of(&b))
+            .map(|b| object_logs(&b))
             .unwrap_or_default()
     };
     let size = || object_size(&client, &bucket, KEY);
@@ -213,7 +193,7 @@ fn kill_9_during_a_multipart_upload_resumes_it() {
         "{}",
         agent.log_text()
     );
-    let logs = logs_of(&get_object(&client, &bucket, KEY).unwrap());
+    let logs = object_logs(&get_object(&client, &bucket, KEY).unwrap());
     assert_eq!(logs.len(), 500_000);
     assert_eq!(assert_all_present(&logs, "r", 500_000), 0);
 }
@@ -253,11 +233,11 @@ fn wrong_credentials_keep_data_in_the_spool_until_fixed() {
     assert!(get_object(&client, &bucket, KEY).is_none());
     let _fixed = s3s_agent(&p, dir.path(), &cfg, p.var("S3S_SECRET_KEY"));
     wait_until(T, "uploaded once credentials are right", || {
-        get_object(&client, &bucket, KEY).is_some_and(|b| logs_of(&b).len() >= 300)
+        get_object(&client, &bucket, KEY).is_some_and(|b| object_logs(&b).len() >= 300)
     });
     assert_eq!(
         assert_all_present(
-            &logs_of(&get_object(&client, &bucket, KEY).unwrap()),
+            &object_logs(&get_object(&client, &bucket, KEY).unwrap()),
             "c",
             300
         ),
@@ -292,33 +272,18 @@ fn server_down_then_back_loses_nothing() {
     // The server comes up on that port.
     let data = dir.path().join("s3data");
     std::fs::create_dir(&data).unwrap();
-    let mut server = std::process::Command::new(p.var("S3S_BIN"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--access-key",
-            p.var("S3S_ACCESS_KEY"),
-            "--secret-key",
-            p.var("S3S_SECRET_KEY"),
-        ])
-        .arg(&data)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = start_s3s(&p, port, &data);
     let client = p.s3(&endpoint, p.var("S3S_ACCESS_KEY"), p.var("S3S_SECRET_KEY"));
     wait_until(T, "server up", || {
         common::peers::block_on(async { client.list_buckets().send().await.is_ok() })
     });
     create_bucket(&client, "down");
     wait_until(T, "uploaded after the outage", || {
-        get_object(&client, "down", KEY).is_some_and(|b| logs_of(&b).len() >= 2000)
+        get_object(&client, "down", KEY).is_some_and(|b| object_logs(&b).len() >= 2000)
     });
     assert_eq!(
         assert_all_present(
-            &logs_of(&get_object(&client, "down", KEY).unwrap()),
+            &object_logs(&get_object(&client, "down", KEY).unwrap()),
             "d",
             2000
         ),
@@ -383,7 +348,7 @@ print(key["AccessKeyId"], key["SecretAccessKey"], role, "ext-" + n, "cross-accou
         p.var("MOTO_AUTH_SECRET_KEY"),
     );
     wait_until(T, "object written with the role's credentials", || {
-        get_object(&admin, bucket, KEY).is_some_and(|b| logs_of(&b).len() >= 100)
+        get_object(&admin, bucket, KEY).is_some_and(|b| object_logs(&b).len() >= 100)
     });
     // Without the role, the same user cannot write: the upload fails and the data stays spooled.
     let dir2 = tempfile::tempdir().unwrap();
@@ -447,7 +412,7 @@ fn irsa_web_identity_token_file() {
     });
     let client = p.s3(&moto, "test", "test");
     wait_until(T, "object written with web-identity credentials", || {
-        get_object(&client, &bucket, KEY).is_some_and(|b| logs_of(&b).len() >= 50)
+        get_object(&client, &bucket, KEY).is_some_and(|b| object_logs(&b).len() >= 50)
     });
     assert!(
         !agent.log_text().contains("upload failed"),
@@ -508,22 +473,7 @@ fn full_spool_pauses_the_input_and_loses_nothing() {
     );
     let data = dir.path().join("s3data");
     std::fs::create_dir(&data).unwrap();
-    let mut server = std::process::Command::new(p.var("S3S_BIN"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--access-key",
-            p.var("S3S_ACCESS_KEY"),
-            "--secret-key",
-            p.var("S3S_SECRET_KEY"),
-        ])
-        .arg(&data)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = start_s3s(&p, port, &data);
     let client = p.s3(&endpoint, p.var("S3S_ACCESS_KEY"), p.var("S3S_SECRET_KEY"));
     wait_until(T, "server up", || {
         common::peers::block_on(async { client.list_buckets().send().await.is_ok() })
@@ -531,11 +481,11 @@ fn full_spool_pauses_the_input_and_loses_nothing() {
     create_bucket(&client, "full");
     wait_until(T, "everything uploaded", || {
         object_size(&client, "full", KEY) > 5_000_000
-            && get_object(&client, "full", KEY).is_some_and(|b| logs_of(&b).len() >= 40_000)
+            && get_object(&client, "full", KEY).is_some_and(|b| object_logs(&b).len() >= 40_000)
     });
     assert_eq!(
         assert_all_present(
-            &logs_of(&get_object(&client, "full", KEY).unwrap()),
+            &object_logs(&get_object(&client, "full", KEY).unwrap()),
             "f",
             40_000
         ),

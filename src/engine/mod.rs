@@ -282,7 +282,7 @@ impl Pipeline {
                 }
             };
             let alias = p.str("alias").map(str::to_string);
-            let retry_limit = outputs::parse_retry_limit(&p)?;
+            let retry_limit = outputs::parse_retry_limit(&p, 1)?;
             let instance = alias.clone().unwrap_or_else(|| format!("{name}.{index}"));
             let plugin = OutputPlugin::build(&name, &instance, &p, &service)?;
             p.accept(&[

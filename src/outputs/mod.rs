@@ -90,9 +90,10 @@ impl OutputPlugin {
 }
 
 /// `Retry_Limit`: a count, `no_limits`/`false`/`off` (unlimited) or `no_retries` (0).
-pub fn parse_retry_limit(p: &Props) -> Result<Option<u32>, ConfigError> {
+/// `default` applies when the key is absent (the engine's 1; `s3` uses 5, as Fluent Bit does).
+pub fn parse_retry_limit(p: &Props, default: u32) -> Result<Option<u32>, ConfigError> {
     let Some(prop) = p.prop("retry_limit") else {
-        return Ok(Some(1));
+        return Ok(Some(default));
     };
     match prop.value.to_ascii_lowercase().as_str() {
         "no_limits" | "false" | "off" => Ok(None),

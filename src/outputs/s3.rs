@@ -94,16 +94,9 @@ pub fn build(
             _ => return Err(ConfigError::key(m, "expected append or overwrite")),
         },
     };
-    let retry_limit = match p.prop("retry_limit") {
-        None => 5,
-        Some(r) => match r.value.to_ascii_lowercase().as_str() {
-            "no_limits" | "false" | "off" => u32::MAX - 1,
-            "no_retries" => 0,
-            v => v
-                .parse::<u32>()
-                .map_err(|_| ConfigError::key(r, "expected a number, no_limits or no_retries"))?,
-        },
-    };
+    // Unlimited: uploads are retried until they succeed either way; the limit only decides
+    // when a chunk counts as a retry failure.
+    let retry_limit = super::parse_retry_limit(p, 5)?.unwrap_or(u32::MAX - 1);
     let settings = UploadSettings {
         key: KeyFormat {
             format: key_format,

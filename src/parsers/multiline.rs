@@ -31,6 +31,8 @@ const K_LOG: &[u8] = b"log";
 #[derive(Debug)]
 pub struct RuleSet {
     pub name: String,
+    /// `name` as the key of this rule set's join group (built once, not per line).
+    group_key: Bytes,
     rules: Vec<(String, Pattern, String)>,
     parser: Option<Arc<Parser>>,
     key_content: Bytes,
@@ -75,6 +77,7 @@ impl RuleSet {
         let flush_ms = p.int("flush_timeout", FLUSH_TIMEOUT.as_millis() as i64)?;
         p.accept(&["key_pattern", "key_group"]);
         Ok(RuleSet {
+            group_key: Bytes::copy_from_slice(name.as_bytes()),
             name,
             rules,
             parser,
@@ -157,8 +160,14 @@ struct Group {
 
 pub struct LineAssembler {
     mode: LineMode,
+    joins: Joins,
+}
+
+/// Groups being joined, kept apart from the mode so a line borrows the joiners without a copy.
+#[derive(Default)]
+struct Joins {
     groups: Vec<Group>,
-    pub truncated_joins: u64,
+    truncated_joins: u64,
 }
 
 /// A parsed container line: `last` is false for a CRI `P` line or a docker line without `\n`.
@@ -173,52 +182,71 @@ impl LineAssembler {
     pub fn new(mode: LineMode) -> Self {
         LineAssembler {
             mode,
-            groups: Vec::new(),
-            truncated_joins: 0,
+            joins: Joins::default(),
         }
     }
 
     /// The file offset of the oldest line held in an unfinished group.
     pub fn pending_since(&self) -> Option<u64> {
-        self.groups.iter().map(|g| g.start_offset).min()
+        self.joins.groups.iter().map(|g| g.start_offset).min()
+    }
+
+    /// Joined records cut at [`JOIN_LIMIT`] since the last call.
+    pub fn take_truncated_joins(&mut self) -> u64 {
+        std::mem::take(&mut self.joins.truncated_joins)
     }
 
     /// Feeds one complete line (no newline) that started at file offset `offset`.
     pub fn push(&mut self, line: Bytes, offset: u64, out: &mut Vec<Event>) {
         match &self.mode {
-            LineMode::Raw { key } => {
-                let mut m = Map::with_capacity(1);
-                m.push(key.clone(), Value::Str(line));
-                out.push(Event {
-                    time: EventTime::now(),
-                    record: m,
-                });
-            }
+            LineMode::Raw { key } => out.push(Event {
+                time: EventTime::now(),
+                record: raw_map(key, &line),
+            }),
             LineMode::Parser { parser, key } => {
                 let (time, record) = match parser.parse(&line) {
                     Some((t, m)) => (t.unwrap_or_else(EventTime::now), m),
-                    None => {
-                        let mut m = Map::with_capacity(1);
-                        m.push(key.clone(), Value::Str(line));
-                        (EventTime::now(), m)
-                    }
+                    None => (EventTime::now(), raw_map(key, &line)),
                 };
                 out.push(Event { time, record });
             }
-            LineMode::Multiline(joiners) => {
-                let joiners = joiners.clone();
-                self.push_multiline(&joiners, line, offset, out);
+            LineMode::Multiline(joiners) => self.joins.push(joiners, line, offset, out),
+        }
+    }
+    /// Emits groups that waited longer than their flush timeout.
+    pub fn flush_expired(&mut self, now: Instant, out: &mut Vec<Event>) {
+        let timeout = |g: &Group, mode: &LineMode| match mode {
+            LineMode::Multiline(js) => js
+                .iter()
+                .find_map(|j| match j {
+                    Joiner::Rules(r) if r.group_key == g.stream => Some(r.flush_timeout),
+                    _ => None,
+                })
+                .unwrap_or(FLUSH_TIMEOUT),
+            _ => FLUSH_TIMEOUT,
+        };
+        let mut i = 0;
+        while i < self.joins.groups.len() {
+            if now.duration_since(self.joins.groups[i].since)
+                >= timeout(&self.joins.groups[i], &self.mode)
+            {
+                let g = self.joins.groups.remove(i);
+                out.push(finish(g));
+            } else {
+                i += 1;
             }
         }
     }
 
-    fn push_multiline(
-        &mut self,
-        joiners: &[Joiner],
-        line: Bytes,
-        offset: u64,
-        out: &mut Vec<Event>,
-    ) {
+    pub fn flush_all(&mut self, out: &mut Vec<Event>) {
+        for g in self.joins.groups.drain(..) {
+            out.push(finish(g));
+        }
+    }
+}
+
+impl Joins {
+    fn push(&mut self, joiners: &[Joiner], line: Bytes, offset: u64, out: &mut Vec<Event>) {
         for joiner in joiners {
             match joiner {
                 Joiner::Cri => {
@@ -238,11 +266,9 @@ impl LineAssembler {
                 }
             }
         }
-        let mut m = Map::with_capacity(1);
-        m.push(Bytes::from_static(K_LOG), Value::Str(line));
         out.push(Event {
             time: EventTime::now(),
-            record: m,
+            record: raw_map(&Bytes::from_static(K_LOG), &line),
         });
     }
 
@@ -322,7 +348,7 @@ impl LineAssembler {
             _ => return false,
         };
         let text = String::from_utf8_lossy(&content);
-        let key = Bytes::copy_from_slice(rules.name.as_bytes());
+        let key = rules.group_key.clone();
         let existing = self.groups.iter().position(|g| g.stream == key);
         if let Some(i) = existing {
             let state = self.groups[i].state.clone();
@@ -359,37 +385,6 @@ impl LineAssembler {
         }
         out.push(Event { time, record });
         true
-    }
-
-    /// Emits groups that waited longer than their flush timeout.
-    pub fn flush_expired(&mut self, now: Instant, out: &mut Vec<Event>) {
-        let timeout = |g: &Group, mode: &LineMode| match mode {
-            LineMode::Multiline(js) => js
-                .iter()
-                .find_map(|j| match j {
-                    Joiner::Rules(r) if r.name.as_bytes() == g.stream.as_ref() => {
-                        Some(r.flush_timeout)
-                    }
-                    _ => None,
-                })
-                .unwrap_or(FLUSH_TIMEOUT),
-            _ => FLUSH_TIMEOUT,
-        };
-        let mut i = 0;
-        while i < self.groups.len() {
-            if now.duration_since(self.groups[i].since) >= timeout(&self.groups[i], &self.mode) {
-                let g = self.groups.remove(i);
-                out.push(finish(g));
-            } else {
-                i += 1;
-            }
-        }
-    }
-
-    pub fn flush_all(&mut self, out: &mut Vec<Event>) {
-        for g in self.groups.drain(..) {
-            out.push(finish(g));
-        }
     }
 }
 

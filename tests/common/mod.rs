@@ -207,3 +207,28 @@ pub fn spooled_lines(open_dir: &Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// The `log` values of an object body: JSON Lines, plain or as gzip members / zstd frames
+/// (sniffed by magic bytes).
+pub fn object_logs(body: &[u8]) -> Vec<String> {
+    use std::io::Read;
+    let text = if body.starts_with(&[0x1f, 0x8b]) {
+        let mut t = String::new();
+        flate2::read::MultiGzDecoder::new(body)
+            .read_to_string(&mut t)
+            .unwrap();
+        t
+    } else if body.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        String::from_utf8(zstd::stream::decode_all(body).unwrap()).unwrap()
+    } else {
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    text.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["log"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}

@@ -139,3 +139,23 @@ pub fn isolated_aws_env(cmd: &mut std::process::Command, key: Option<(&str, &str
             .env("AWS_SECRET_ACCESS_KEY", s);
     }
 }
+
+/// A second s3s-fs on `port` (for outage tests), with the peers' credentials.
+pub fn start_s3s(p: &Peers, port: u16, data: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(p.var("S3S_BIN"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            p.var("S3S_ACCESS_KEY"),
+            "--secret-key",
+            p.var("S3S_SECRET_KEY"),
+        ])
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}

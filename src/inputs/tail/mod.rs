@@ -734,7 +734,7 @@ impl TailState {
         let truncated_joins: u64 = self
             .files
             .values_mut()
-            .map(|f| std::mem::take(&mut f.assembler.truncated_joins))
+            .map(|f| f.assembler.take_truncated_joins())
             .sum();
         self.cfg.metrics.multiline_truncated.add(truncated_joins);
         self.close_drained()
