@@ -56,12 +56,17 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 pub fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
-    block_on(async { client.create_bucket().bucket(bucket).send().await }).unwrap_or_else(|e| {
-        panic!(
-            "create bucket {bucket}: {}",
-            aws_sdk_s3::error::DisplayErrorContext(&e)
-        )
-    });
+    let result = block_on(async { client.create_bucket().bucket(bucket).send().await });
+    if let Err(e) = result {
+        // A create retried by the SDK after a lost response finds its own bucket.
+        let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).unwrap_or_default();
+        if !matches!(code, "BucketAlreadyOwnedByYou" | "BucketAlreadyExists") {
+            panic!(
+                "create bucket {bucket}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            );
+        }
+    }
 }
 
 /// The object's bytes, or None while it does not exist.
@@ -142,7 +147,7 @@ pub fn isolated_aws_env(cmd: &mut std::process::Command, key: Option<(&str, &str
 
 /// A second s3s-fs on `port` (for outage tests), with the peers' credentials.
 pub fn start_s3s(p: &Peers, port: u16, data: &std::path::Path) -> std::process::Child {
-    std::process::Command::new(p.var("S3S_BIN"))
+    let mut child = std::process::Command::new(p.var("S3S_BIN"))
         .args([
             "--host",
             "127.0.0.1",
@@ -157,5 +162,11 @@ pub fn start_s3s(p: &Peers, port: u16, data: &std::path::Path) -> std::process::
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "s3s-fs could not start on port {port} (taken by another test?)"
+    );
+    child
 }
