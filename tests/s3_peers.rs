@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::peers::{
-    create_bucket, get_object, isolated_aws_env, list_keys, object_size, start_s3s, Peers,
+    create_bucket, get_object, isolated_aws_env, list_keys, moto_auth_role_credentials,
+    object_size, start_s3s, CredentialEndpoint, EndpointRequest, Peers, Reply,
 };
 use common::*;
 
@@ -493,4 +494,138 @@ fn full_spool_pauses_the_input_and_loses_nothing() {
     );
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// The JSON both the container endpoint (ECS, Pod Identity) and IMDS serve for a role.
+fn credentials_json(key: &str, secret: &str, token: &str) -> String {
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ");
+    serde_json::json!({
+        "Code": "Success",
+        "Type": "AWS-HMAC",
+        "AccessKeyId": key,
+        "SecretAccessKey": secret,
+        "Token": token,
+        "Expiration": expires.to_string(),
+    })
+    .to_string()
+}
+
+/// Runs Union's config against moto-auth with only `env` as the credential source and waits
+/// for the object; returns the agent so a test can read its log.
+fn ship_with_credential_env(
+    bucket: &str,
+    env: impl Fn(&mut std::process::Command) + Send + 'static,
+) -> (tempfile::TempDir, Agent) {
+    let p = Peers::get();
+    let endpoint = p.var("MOTO_AUTH_ENDPOINT").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("containers")).unwrap();
+    cri_lines(&dir.path().join("containers").join(POD_LOG), "c", 0, 40);
+    let cfg = union_config(dir.path(), &endpoint, bucket, "");
+    let agent = Agent::start_custom(dir.path(), &cfg, move |c| {
+        isolated_aws_env(c, None);
+        env(c);
+    });
+    (dir, agent)
+}
+
+fn wait_for_object_on_moto_auth(bucket: &str, lines: usize) {
+    let p = Peers::get();
+    let admin = p.s3(
+        p.var("MOTO_AUTH_ENDPOINT"),
+        p.var("MOTO_AUTH_ACCESS_KEY"),
+        p.var("MOTO_AUTH_SECRET_KEY"),
+    );
+    wait_until(T, "object written with the endpoint's credentials", || {
+        get_object(&admin, bucket, KEY).is_some_and(|b| object_logs(&b).len() >= lines)
+    });
+}
+
+/// ECS task role and EKS Pod Identity: `AWS_CONTAINER_CREDENTIALS_FULL_URI`, with the Pod
+/// Identity agent's `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` sent as `Authorization`.
+#[test]
+fn pod_identity_container_credentials() {
+    let p = Peers::get();
+    let (key, secret, token, bucket) = moto_auth_role_credentials(&p, "podid");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("eks-pod-identity-token");
+    std::fs::write(&token_file, "pod-identity-jwt").unwrap();
+    let body = credentials_json(&key, &secret, &token);
+    let server = CredentialEndpoint::start(move |r: &EndpointRequest| {
+        match r.headers.get("authorization").map(String::as_str) {
+            Some("pod-identity-jwt") => Reply::new(200, body.clone()),
+            _ => Reply::new(401, r#"{"message":"missing or wrong token"}"#),
+        }
+    });
+    let url = format!("{}/v1/credentials", server.url);
+    let (_dir, agent) = ship_with_credential_env(&bucket, move |c| {
+        c.env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &url)
+            .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file);
+    });
+    wait_for_object_on_moto_auth(&bucket, 40);
+    assert!(server.requests().iter().all(|r| r == "GET /v1/credentials"));
+    assert!(!agent.log_text().contains(&secret), "secret logged");
+}
+
+/// A container endpoint that refuses the token: the error names the credential source, the
+/// data stays spooled, and nothing secret is logged.
+#[test]
+fn refused_container_credentials_are_reported_and_data_kept() {
+    let server = CredentialEndpoint::start(|_: &EndpointRequest| {
+        Reply::new(401, r#"{"message":"token expired"}"#)
+    });
+    let url = format!("{}/v1/credentials", server.url);
+    let (_dir, agent) = ship_with_credential_env("never-written", move |c| {
+        c.env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &url);
+    });
+    wait_until(T, "credential error reported", || {
+        agent.log_text().contains("upload failed")
+    });
+    let log = agent.log_text();
+    assert!(
+        log.to_ascii_lowercase().contains("credential") && log.contains("data kept in the spool"),
+        "error names the credential problem and keeps the data: {log}"
+    );
+}
+
+/// EC2 instance profile through IMDSv2: a session token is fetched with PUT and sent on every
+/// metadata GET.
+#[test]
+fn imdsv2_instance_profile() {
+    let p = Peers::get();
+    let (key, secret, token, bucket) = moto_auth_role_credentials(&p, "imds");
+    let body = credentials_json(&key, &secret, &token);
+    let server = CredentialEndpoint::start(move |r: &EndpointRequest| {
+        let session_ok = r
+            .headers
+            .get("x-aws-ec2-metadata-token")
+            .map(String::as_str)
+            == Some("imds-session");
+        match (r.method.as_str(), r.path.as_str()) {
+            ("PUT", "/latest/api/token")
+                if r.headers
+                    .contains_key("x-aws-ec2-metadata-token-ttl-seconds") =>
+            {
+                Reply::new(200, "imds-session")
+                    .header("x-aws-ec2-metadata-token-ttl-seconds", "21600")
+            }
+            (_, _) if !session_ok => Reply::new(401, ""),
+            ("GET", "/latest/meta-data/iam/security-credentials/") => Reply::new(200, "node-role"),
+            ("GET", "/latest/meta-data/iam/security-credentials/node-role") => {
+                Reply::new(200, body.clone())
+            }
+            _ => Reply::new(404, ""),
+        }
+    });
+    let url = server.url.clone();
+    let (_dir, _agent) = ship_with_credential_env(&bucket, move |c| {
+        c.env_remove("AWS_EC2_METADATA_DISABLED")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &url);
+    });
+    wait_for_object_on_moto_auth(&bucket, 40);
+    let requests = server.requests();
+    assert_eq!(
+        requests.first().map(String::as_str),
+        Some("PUT /latest/api/token")
+    );
 }

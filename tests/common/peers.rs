@@ -170,3 +170,127 @@ pub fn start_s3s(p: &Peers, port: u16, data: &std::path::Path) -> std::process::
     );
     child
 }
+
+/// A loopback stand-in for the endpoints that hand out AWS credentials on ECS (task role), EKS
+/// (Pod Identity agent) and EC2 (IMDSv2), none of which exists off those platforms. It only
+/// serves keys: the keys are moto-auth's temporary credentials, and moto checks every request
+/// signed with them, so an uploaded object proves the chain read this endpoint.
+pub struct CredentialEndpoint {
+    pub url: String,
+    /// `METHOD path` of every request, in order.
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// One parsed request: method, path and lower-cased headers.
+pub struct EndpointRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+}
+
+/// What the endpoint answers: status, extra headers, body.
+pub struct Reply(pub u16, pub Vec<(&'static str, &'static str)>, pub String);
+
+impl Reply {
+    pub fn new(status: u16, body: impl Into<String>) -> Reply {
+        Reply(status, Vec::new(), body.into())
+    }
+
+    pub fn header(mut self, name: &'static str, value: &'static str) -> Reply {
+        self.1.push((name, value));
+        self
+    }
+}
+
+impl CredentialEndpoint {
+    /// Serves `respond(request)` on 127.0.0.1 until the test ends.
+    pub fn start(
+        respond: impl Fn(&EndpointRequest) -> Reply + Send + Sync + 'static,
+    ) -> CredentialEndpoint {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(&stream);
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() {
+                    continue;
+                }
+                let mut parts = first.split_whitespace();
+                let (method, path) = (
+                    parts.next().unwrap_or_default().to_string(),
+                    parts.next().unwrap_or_default().to_string(),
+                );
+                let mut headers = HashMap::new();
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    if let Some((k, v)) = line.split_once(':') {
+                        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                    }
+                    line.clear();
+                }
+                let request = EndpointRequest {
+                    method,
+                    path,
+                    headers,
+                };
+                log.lock()
+                    .unwrap()
+                    .push(format!("{} {}", request.method, request.path));
+                let Reply(status, extra, body) = respond(&request);
+                let extra: String = extra.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+                let _ = write!(
+                    &stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        CredentialEndpoint { url, requests }
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// Temporary credentials from moto-auth's STS for a fresh role that may use S3 (and a bucket
+/// for it): `(access_key, secret, session_token, bucket)`.
+pub fn moto_auth_role_credentials(p: &Peers, name: &str) -> (String, String, String, String) {
+    let out = std::process::Command::new(p.var("PEERS_PYTHON"))
+        .arg("-c")
+        .arg(
+            r#"
+import sys, json, random, boto3
+ep, ak, sk, name = sys.argv[1:5]
+kw = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id=ak, aws_secret_access_key=sk)
+n = name + str(random.randint(0, 10**9))
+iam = boto3.client("iam", **kw)
+trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
+role = iam.create_role(RoleName=n, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+iam.put_role_policy(RoleName=n, PolicyName="s3", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+boto3.client("s3", **kw).create_bucket(Bucket=n)
+c = boto3.client("sts", **kw).assume_role(RoleArn=role, RoleSessionName=n)["Credentials"]
+print(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], n)
+"#,
+        )
+        .args([
+            p.var("MOTO_AUTH_ENDPOINT"),
+            p.var("MOTO_AUTH_ACCESS_KEY"),
+            p.var("MOTO_AUTH_SECRET_KEY"),
+            name,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let f: Vec<&str> = text.split_whitespace().collect();
+    (f[0].into(), f[1].into(), f[2].into(), f[3].into())
+}

@@ -300,6 +300,14 @@ impl Tail {
     }
 }
 
+/// Identity and metadata of an open file (fstat): unlike a stat by path, it cannot race a
+/// rename.
+fn opened_identity(file: &std::fs::File) -> Option<(std::fs::Metadata, FileId)> {
+    let meta = file.metadata().ok()?;
+    let id = identity(&meta);
+    Some((meta, id))
+}
+
 enum Signal {
     Ack { file: FileId, seq: u64 },
     FsChanged,
@@ -413,7 +421,12 @@ impl TailState {
             if self.files.contains_key(&identity(&meta)) {
                 continue;
             }
-            let file = std::fs::File::open(&path)?;
+            let Ok(file) = std::fs::File::open(&path) else {
+                continue;
+            };
+            if opened_identity(&file).is_none_or(|(_, id)| id != identity(&meta)) {
+                continue;
+            }
             if !db::marker_matches(&file, &row, meta.len()) || row.offset >= meta.len() {
                 delete(self, row.id)?;
                 continue;
@@ -463,6 +476,15 @@ impl TailState {
                     continue;
                 }
             };
+            // The path may have been rotated between the scan's stat and this open: what counts
+            // is the file actually opened, or a file could be followed under another's identity.
+            let Some((meta, id)) = opened_identity(&file) else {
+                continue;
+            };
+            seen.push(id);
+            if self.files.contains_key(&id) {
+                continue;
+            }
             let stored = match &self.db {
                 Some(db) => db.find_inode(id.1)?.map(|row| {
                     if db::marker_matches(&file, &row, meta.len()) {
@@ -550,8 +572,16 @@ impl TailState {
             std::os::unix::fs::MetadataExt::ctime_nsec(m)
                 + std::os::unix::fs::MetadataExt::ctime(m) * 1_000_000_000
         });
-        for (path, meta) in candidates {
-            let file = std::fs::File::open(&path)?;
+        for (path, scanned) in candidates {
+            let Ok(file) = std::fs::File::open(&path) else {
+                continue;
+            };
+            let Some((meta, id)) = opened_identity(&file) else {
+                continue;
+            };
+            if id != identity(&scanned) || self.files.contains_key(&id) {
+                continue;
+            }
             tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), "found a file rotated before it was opened: reading it from its start");
             self.open_file(logical.to_path_buf(), path, file, &meta, None, true)?;
             if let Some(f) = self.files.get_mut(&identity(&meta)) {

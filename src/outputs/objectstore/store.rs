@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
@@ -157,7 +156,7 @@ pub struct S3Store {
 fn sdk_err<E, R>(what: &str, e: aws_sdk_s3::error::SdkError<E, R>) -> StoreError
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + HttpStatus,
+    R: std::fmt::Debug + HttpStatus + 'static,
 {
     use aws_sdk_s3::error::SdkError;
     match &e {
@@ -168,8 +167,24 @@ where
             let message = err.message().map(|m| format!(": {m}")).unwrap_or_default();
             StoreError(format!("{what}: HTTP {status} {code}{message}"))
         }
-        _ => StoreError(format!("{what}: {}", DisplayErrorContext(&e))),
+        _ => StoreError(format!("{what}: {}", display_chain(&e))),
     }
+}
+
+/// The error and its sources, Display only: the SDK's Debug forms carry raw responses, and a
+/// credential endpoint's raw response holds secrets.
+fn display_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The HTTP status of a raw response (the SDK's response type, via its accessor).
