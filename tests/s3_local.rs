@@ -94,8 +94,7 @@ fn spooled_records_survive_kill_9_and_are_uploaded_after_restart() {
         "nothing uploaded before the kill (upload_timeout 10m)"
     );
     // Restart and stop gracefully: shutdown uploads what the spool holds.
-    let mut agent = Agent::start(dir.path(), &cfg);
-    std::thread::sleep(Duration::from_millis(800));
+    let mut agent = Agent::start_tailing(dir.path(), &cfg);
     agent.sigterm();
     assert!(agent.wait_exit(Duration::from_secs(30)).success());
     let objects: Vec<_> =

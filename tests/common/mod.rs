@@ -42,6 +42,16 @@ impl Agent {
         Agent { child, log }
     }
 
+    /// Starts and waits until the tail input made its first scan: from then on, files written
+    /// are new data to it (read from where they stand, or from the head when created later).
+    pub fn start_tailing(dir: &Path, config: &Path) -> Agent {
+        let agent = Self::start(dir, config);
+        wait_until(Duration::from_secs(60), "tail input started", || {
+            agent.log_text().contains("tail input started")
+        });
+        agent
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -384,6 +384,7 @@ impl TailState {
         state.discover()?;
         state.recover_rotated_while_down()?;
         state.started = true;
+        tracing::info!(input = %state.cfg.metrics.name, files = state.files.len(), "tail input started");
         Ok(state)
     }
 
