@@ -52,6 +52,45 @@ fn rotation_by_rename_while_writing_loses_nothing() {
     assert_eq!(dups, 0, "no duplicates without a crash");
 }
 
+/// The kubelet's rotation: gzip the previous rotated file, rename `0.log` to `0.log.<time>`,
+/// reopen `0.log`. The rotated file is read to its end; the fresh `.gz` sibling is not log text.
+#[test]
+fn kubelet_rotation_skips_compressed_siblings() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("0.log");
+    append_numbered(&log, "k", 0, 100);
+    let cfg = tail_to_file(
+        dir.path(),
+        &log.display().to_string(),
+        "    Read_from_Head On\n",
+    );
+    let _agent = Agent::start_tailing(dir.path(), &cfg);
+    let out = dir.path().join("out.jsonl");
+    wait_until(T, "first lines shipped", || count_lines(&out) >= 100);
+    append_numbered(&log, "k", 100, 100);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for n in 0..2000 {
+        writeln!(gz, "old rotated line {n} {}", n * 7919 % 10007).unwrap();
+    }
+    let gz = gz.finish().unwrap();
+    assert!(
+        gz.contains(&b'\n'),
+        "compressed bytes that would split into lines"
+    );
+    std::fs::write(dir.path().join("0.log.20261122-075900.gz"), gz).unwrap();
+    std::fs::rename(&log, dir.path().join("0.log.20261122-080000")).unwrap();
+    append_numbered(&log, "k", 200, 100);
+    wait_until(T, "every line shipped", || count_lines(&out) >= 300);
+    std::thread::sleep(Duration::from_millis(1500));
+    let values = log_values(&out);
+    assert!(
+        values.iter().all(|v| v.starts_with("k-")),
+        "only log lines, no compressed bytes: {:?}",
+        values.iter().find(|v| !v.starts_with("k-"))
+    );
+    assert_eq!(assert_all_present(&values, "k", 300), 0);
+}
+
 #[test]
 fn copytruncate_and_plain_truncation() {
     let dir = tempfile::tempdir().unwrap();

@@ -300,6 +300,23 @@ impl Tail {
     }
 }
 
+/// A rotated sibling that a compressor wrote (`0.log.<time>.gz`): its bytes are not log lines.
+/// Known by its name or, when renamed, by its magic bytes (gzip, zstd, xz, bzip2).
+fn is_compressed(path: &Path, file: &std::fs::File) -> bool {
+    let by_name = path.extension().is_some_and(|e| {
+        ["gz", "zst", "xz", "bz2", "zip", "lz4"]
+            .iter()
+            .any(|x| e.eq_ignore_ascii_case(x))
+    });
+    let mut head = [0u8; 4];
+    let by_magic = std::os::unix::fs::FileExt::read_exact_at(file, &mut head, 0).is_ok()
+        && (head.starts_with(&[0x1f, 0x8b])
+            || head == [0x28, 0xb5, 0x2f, 0xfd]
+            || head == [0xfd, b'7', b'z', b'X']
+            || head.starts_with(b"BZh"));
+    by_name || by_magic
+}
+
 /// Identity and metadata of an open file (fstat): unlike a stat by path, it cannot race a
 /// rename.
 fn opened_identity(file: &std::fs::File) -> Option<(std::fs::Metadata, FileId)> {
@@ -577,6 +594,10 @@ impl TailState {
             let Ok(file) = std::fs::File::open(&path) else {
                 continue;
             };
+            if is_compressed(&path, &file) {
+                // The kubelet gzips the previous rotated log as it rotates the current one.
+                continue;
+            }
             let Some((meta, id)) = opened_identity(&file) else {
                 continue;
             };
