@@ -369,6 +369,32 @@ print(key["AccessKeyId"], key["SecretAccessKey"], role, "ext-" + n, "cross-accou
         agent2.log_text().contains("upload failed")
     });
     assert!(list_keys(&admin, bucket, "denied/").is_empty());
+    // A wrong external_id: the role's trust refuses it; the error names the role and that
+    // credentials could not be loaded (moto's STS error body is not one the SDK parses for a
+    // code, so the code itself is not asserted).
+    let dir3 = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir3.path().join("containers")).unwrap();
+    cri_lines(&dir3.path().join("containers").join(POD_LOG), "z", 0, 10);
+    let cfg3 = union_config(
+        dir3.path(),
+        endpoint,
+        bucket,
+        &format!("    role_arn {role_arn}\n    external_id not-{external_id}\n    sts_endpoint {endpoint}\n    s3_key_format /wrong-external-id/$TAG\n"),
+    );
+    let (k, s) = (user_key.to_string(), user_secret.to_string());
+    let agent3 = Agent::start_custom(dir3.path(), &cfg3, move |c| {
+        isolated_aws_env(c, Some((&k, &s)))
+    });
+    wait_until(T, "AssumeRole refused", || {
+        agent3.log_text().contains("upload failed")
+    });
+    let log = agent3.log_text();
+    assert!(
+        log.contains("loading credentials") && log.contains(role_arn),
+        "{log}"
+    );
+    assert!(!log.contains(user_secret), "secret logged");
+    assert!(list_keys(&admin, bucket, "wrong-external-id/").is_empty());
 }
 
 /// IRSA: no static credentials at all, only AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE with a
