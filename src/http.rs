@@ -1,7 +1,8 @@
 //! The monitoring API on Fluent Bit's paths, so probes, dashboards and alerts keep working:
 //! `/`, `/api/v1/uptime`, `/api/v1/health`, `/api/v2/health`, `/api/v1/metrics`,
 //! `/api/v1/metrics/prometheus`, `/api/v2/metrics/prometheus` (Fluent Bit metric names, plus
-//! logferry's own `logferry_input_lag_bytes` and `logferry_input_files_tracked`).
+//! logferry's own `logferry_input_lag_bytes`, `logferry_input_files_tracked` and the parked
+//! rotated files).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -215,6 +216,18 @@ pub fn render_prometheus(r: &Registry) -> String {
         "gauge",
         "Files currently followed.",
         tail_rows(&|i| i.files_tracked.get()),
+    );
+    family(
+        "logferry_input_rotated_parked",
+        "gauge",
+        "Rotated files closed at Rotated_Files_Max, waiting to be read on.",
+        tail_rows(&|i| i.rotated_parked.get()),
+    );
+    family(
+        "logferry_input_rotated_lost_bytes_total",
+        "counter",
+        "Unread bytes of parked rotated files deleted before they could be reopened.",
+        tail_rows(&|i| i.rotated_lost_bytes.get() as i64),
     );
     let fil = |f: &dyn Fn(&crate::engine::metrics::FilterMetrics) -> i64| {
         r.filters

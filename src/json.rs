@@ -219,25 +219,45 @@ impl DateFormat {
     }
 
     pub fn render(self, t: EventTime) -> Value {
-        let utc = || chrono::DateTime::from_timestamp(t.sec, t.nsec).unwrap_or_default();
         match self {
             DateFormat::Double => Value::Float(t.as_f64()),
             DateFormat::Epoch => Value::UInt(t.sec.max(0) as u64),
             DateFormat::EpochMs => {
                 Value::UInt((t.sec.max(0) as u64) * 1000 + (t.nsec / 1_000_000) as u64)
             }
-            DateFormat::Iso8601 => Value::string(format!(
-                "{}.{:06}Z",
-                utc().format("%Y-%m-%dT%H:%M:%S"),
-                t.nsec / 1000
-            )),
-            DateFormat::JavaSqlTimestamp => Value::string(format!(
-                "{}.{:06}",
-                utc().format("%Y-%m-%d %H:%M:%S"),
-                t.nsec / 1000
-            )),
+            DateFormat::Iso8601 => Value::string(calendar_time(t, b'T', "Z")),
+            DateFormat::JavaSqlTimestamp => Value::string(calendar_time(t, b' ', "")),
         }
     }
+}
+
+/// `YYYY-MM-DD<sep>HH:MM:SS.ffffff<suffix>` in UTC. Written digit by digit: it runs once per
+/// record, and a strftime pattern would be parsed again every time.
+fn calendar_time(t: EventTime, sep: u8, suffix: &str) -> String {
+    use chrono::{Datelike, Timelike};
+    let dt = chrono::DateTime::from_timestamp(t.sec, t.nsec).unwrap_or_default();
+    let mut out = Vec::with_capacity(27 + suffix.len());
+    let mut digits = |n: u32, width: usize, after: Option<u8>| {
+        let mut buf = [b'0'; 10];
+        let mut v = n;
+        for i in (0..width).rev() {
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&buf[..width]);
+        if let Some(c) = after {
+            out.push(c);
+        }
+    };
+    digits(dt.year().clamp(0, 9999) as u32, 4, Some(b'-'));
+    digits(dt.month(), 2, Some(b'-'));
+    digits(dt.day(), 2, Some(sep));
+    digits(dt.hour(), 2, Some(b':'));
+    digits(dt.minute(), 2, Some(b':'));
+    digits(dt.second(), 2, Some(b'.'));
+    digits(t.nsec / 1000, 6, None);
+    out.extend_from_slice(suffix.as_bytes());
+    String::from_utf8(out).expect("ASCII digits")
 }
 
 /// Parses one JSON document into a [`Value`], keeping key order. Errors say what is wrong.
@@ -317,6 +337,28 @@ mod tests {
         let mut out = Vec::new();
         write_str(&mut out, v, esc);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn calendar_dates_match_strftime() {
+        for (sec, nsec) in [
+            (0i64, 0u32),
+            (1_700_000_000, 123_456_789),
+            (951_782_400, 999_999_999),
+            (4_102_444_799, 1_000),
+        ] {
+            let t = crate::record::EventTime { sec, nsec };
+            let dt = chrono::DateTime::from_timestamp(sec, nsec).unwrap();
+            let micros = nsec / 1000;
+            assert_eq!(
+                DateFormat::Iso8601.render(t),
+                Value::string(format!("{}.{micros:06}Z", dt.format("%Y-%m-%dT%H:%M:%S")))
+            );
+            assert_eq!(
+                DateFormat::JavaSqlTimestamp.render(t),
+                Value::string(format!("{}.{micros:06}", dt.format("%Y-%m-%d %H:%M:%S")))
+            );
+        }
     }
 
     #[test]

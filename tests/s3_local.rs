@@ -187,3 +187,75 @@ fn s3_option_errors_name_the_key() {
         );
     }
 }
+
+/// Invariant 3's bound: with `Rotated_Files_Max 1` and every upload failing (the spool fills and
+/// pauses the input), rotated files beyond the first are closed ("parked") instead of holding
+/// descriptors; once uploads work, they are reopened and every line arrives exactly once.
+#[test]
+fn rotated_files_beyond_the_bound_are_parked_and_read_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    append_numbered(&log, "p", 0, 1000);
+    // The store path is a regular file: the local store cannot create its directories.
+    let store = dir.path().join("store");
+    std::fs::write(&store, "blocks the store").unwrap();
+    let port = free_port();
+    let cfg = write_config(
+        dir.path(),
+        "agent.conf",
+        &format!(
+            "[SERVICE]\n    Flush 1\n    Grace 10\n    HTTP_Server On\n    HTTP_Listen 127.0.0.1\n    HTTP_Port {port}\n    scheduler.base 1\n    scheduler.cap 1\n[INPUT]\n    Name tail\n    Path {log}\n    Tag namespace-ns.pod-p.cont-c\n    Read_from_Head On\n    Refresh_Interval 1\n    Rotate_Wait 1\n    Rotated_Files_Max 1\n    DB {db}\n[OUTPUT]\n    Name s3\n    Match *\n    bucket local\n    endpoint file://{store}\n    store_dir {spool}\n    store_dir_limit_size 300K\n    total_file_size 1M\n    upload_timeout 1s\n    s3_key_format /logs/$TAG/$INDEX\n",
+            log = log.display(),
+            db = dir.path().join("offsets.db").display(),
+            store = store.display(),
+            spool = dir.path().join("spool").display(),
+        ),
+    );
+    let agent = Agent::start_tailing(dir.path(), &cfg);
+    let mut n = 1000;
+    for round in 0..4 {
+        append_numbered(&log, "p", n, 20_000);
+        n += 20_000;
+        std::fs::rename(&log, dir.path().join(format!("app.log.{round}"))).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    append_numbered(&log, "p", n, 100);
+    n += 100;
+    let parked = || {
+        http_get(port, "/api/v1/metrics/prometheus")
+            .and_then(|(_, body)| {
+                body.lines()
+                    .find(|l| l.starts_with("logferry_input_rotated_parked{name=\"tail.0\"}"))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            })
+            .unwrap_or(0)
+    };
+    wait_until(T, "rotated files parked", || parked() >= 1);
+    let open_rotated = std::fs::read_dir(format!("/proc/{}/fd", agent.child.id()))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("app.log."))
+        .count();
+    assert!(
+        open_rotated + parked() <= 4,
+        "{open_rotated} rotated files open beside {} parked",
+        parked()
+    );
+    std::fs::remove_file(&store).unwrap();
+    let objects = store.join("logs/namespace-ns.pod-p.cont-c");
+    let read_all = || {
+        std::fs::read_dir(&objects)
+            .map(|d| {
+                d.flatten()
+                    .flat_map(|o| object_logs(&std::fs::read(o.path()).unwrap_or_default()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    wait_until(T, "every line uploaded", || read_all().len() >= n);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(assert_all_present(&read_all(), "p", n), 0, "no duplicates");
+    assert_eq!(parked(), 0, "parked files were read to their end");
+    assert!(!agent.log_text().contains("lost"), "{}", agent.log_text());
+}

@@ -48,6 +48,10 @@ pub struct InputMetrics {
     pub lag_bytes: Gauge,
     /// logferry: files currently open.
     pub files_tracked: Gauge,
+    /// logferry: rotated files closed at `Rotated_Files_Max`, waiting to be read on.
+    pub rotated_parked: Gauge,
+    /// logferry: unread bytes of parked rotated files deleted before they could be reopened.
+    pub rotated_lost_bytes: Counter,
 }
 
 #[derive(Debug, Default)]

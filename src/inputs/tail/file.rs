@@ -264,9 +264,18 @@ impl TailedFile {
     /// Everything read is acknowledged and nothing is held back.
     pub fn drained(&self) -> bool {
         self.at_eof
-            && self.inflight.is_empty()
             && self.partial.is_empty()
+            && self.inflight.is_empty()
             && self.assembler.pending_since().is_none()
+    }
+
+    /// Nothing in flight, held by the multiline assembler or being skipped: the file can be
+    /// closed and reopened at `committed` without losing or repeating a line (a partial last
+    /// line starts at `committed` and is read again).
+    pub fn reopenable_at_committed(&self) -> bool {
+        self.inflight.is_empty()
+            && self.assembler.pending_since().is_none()
+            && self.skipping_from.is_none()
     }
 }
 

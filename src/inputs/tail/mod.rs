@@ -9,6 +9,10 @@
 //!    to its end and acknowledged (`Rotate_Wait` only delays closing a drained file). On start,
 //!    a file rotated while the agent was down is found again by inode in its directory and read
 //!    to its end; a file that appeared while the agent was down is read from its head.
+//!    Open rotated files are bounded by `Rotated_Files_Max`: beyond it, rotated files that are
+//!    still on disk are closed at an acknowledged offset ("parked") and reopened, by identity,
+//!    when others are done; only a parked file deleted before its turn loses its unread bytes,
+//!    which are counted (`logferry_input_rotated_lost_bytes_total`) and logged.
 //!
 //! Discovery uses inotify (`notify`) on the directories of the `Path` patterns plus a rescan every
 //! `Refresh_Interval`; files are tracked by (device, inode), so a rename is not a new file.
@@ -36,6 +40,9 @@ use file::{identity, FileId, LineLimits, LineStats, Presence, TailedFile};
 
 /// Bytes read from one file per turn; files take turns so a busy file cannot starve others.
 const READ_SIZE: usize = 256 * 1024;
+/// A name no longer matched is still checked for rotated siblings this long (files rotated
+/// just before a container stopped).
+const FORGET_ROTATION_NAMES: Duration = Duration::from_secs(600);
 /// How often gone files, lag and multiline timeouts are checked.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
@@ -52,6 +59,8 @@ pub struct Tail {
     read_from_head: bool,
     ignore_older: Option<Duration>,
     exit_on_eof: bool,
+    /// logferry: rotated files kept open at most (others are parked).
+    rotated_files_max: usize,
     db: Option<DbOptions>,
 }
 
@@ -171,6 +180,15 @@ impl Tail {
             read_from_head: p.bool("read_from_head", false)?,
             ignore_older,
             exit_on_eof: p.bool("exit_on_eof", false)?,
+            rotated_files_max: match p.int("rotated_files_max", 256)? {
+                n if n >= 1 => n as usize,
+                _ => {
+                    return Err(ConfigError::key(
+                        p.prop("rotated_files_max").expect("set"),
+                        "must be at least 1",
+                    ))
+                }
+            },
             db,
         };
         p.accept(&[
@@ -317,12 +335,42 @@ fn is_compressed(path: &Path, file: &std::fs::File) -> bool {
     by_name || by_magic
 }
 
+/// The regular file in `dir` with inode `ino`, if any.
+fn find_by_inode(dir: &Path, ino: u64) -> Option<(PathBuf, std::fs::Metadata)> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let meta = std::fs::metadata(e.path()).ok()?;
+        (meta.is_file() && std::os::unix::fs::MetadataExt::ino(&meta) == ino)
+            .then(|| (e.path(), meta))
+    })
+}
+
 /// Identity and metadata of an open file (fstat): unlike a stat by path, it cannot race a
 /// rename.
 fn opened_identity(file: &std::fs::File) -> Option<(std::fs::Metadata, FileId)> {
     let meta = file.metadata().ok()?;
     let id = identity(&meta);
     Some((meta, id))
+}
+
+/// A matched name whose rotated siblings are looked for.
+struct RotationName {
+    /// The path matched by `Path`.
+    logical: PathBuf,
+    /// The file found under it by the previous scan.
+    last_id: Option<FileId>,
+    last_matched: Instant,
+}
+
+/// A rotated file closed at the `Rotated_Files_Max` bound, to be reopened by identity.
+struct Parked {
+    /// The path it was followed under (tag, DB name before rotation).
+    path: PathBuf,
+    real_path: PathBuf,
+    id: FileId,
+    db_row: Option<i64>,
+    /// Acknowledged offset: reading resumes here.
+    offset: u64,
+    size: u64,
 }
 
 enum Signal {
@@ -345,6 +393,12 @@ struct TailState {
     started: bool,
     /// Recently closed files: a drained rotated file must not be picked up again.
     closed: std::collections::VecDeque<FileId>,
+    parked: std::collections::VecDeque<Parked>,
+    /// Rotated files over the bound, not read until they are settled and parked.
+    parking: Vec<FileId>,
+    /// Names files were matched under (directory and `<basename>.` of the resolved path), for
+    /// finding files rotated between two scans.
+    rotation_names: HashMap<(PathBuf, String), RotationName>,
     last_scan: std::time::SystemTime,
 }
 
@@ -396,6 +450,9 @@ impl TailState {
             stats: LineStats::default(),
             started: false,
             closed: Default::default(),
+            parked: Default::default(),
+            parking: Vec::new(),
+            rotation_names: HashMap::new(),
             last_scan: std::time::SystemTime::now(),
         };
         state.discover()?;
@@ -425,14 +482,7 @@ impl TailState {
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_default();
-            let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
-                entries.flatten().find_map(|e| {
-                    let meta = std::fs::metadata(e.path()).ok()?;
-                    (meta.is_file() && std::os::unix::fs::MetadataExt::ino(&meta) == row.inode)
-                        .then(|| (e.path(), meta))
-                })
-            });
-            let Some((path, meta)) = found else {
+            let Some((path, meta)) = find_by_inode(&dir, row.inode) else {
                 delete(self, row.id)?;
                 continue;
             };
@@ -456,7 +506,7 @@ impl TailState {
                 path,
                 file,
                 &meta,
-                Some((row.id, row.offset)),
+                Some((Some(row.id), row.offset)),
                 true,
             )?;
             if let Some(f) = self.files.get_mut(&identity(&meta)) {
@@ -473,10 +523,26 @@ impl TailState {
     fn discover(&mut self) -> anyhow::Result<()> {
         let scan_started = std::time::SystemTime::now();
         let found = self.cfg.scan();
+        let current: HashMap<PathBuf, FileId> = found
+            .iter()
+            .map(|(path, meta)| (path.clone(), identity(meta)))
+            .collect();
         let mut seen: Vec<FileId> = Vec::with_capacity(found.len());
         for (path, meta) in found {
             let id = identity(&meta);
             seen.push(id);
+            if let Ok(real) = std::fs::canonicalize(&path) {
+                if let (Some(dir), Some(base)) = (real.parent(), real.file_name()) {
+                    let name = (dir.to_path_buf(), format!("{}.", base.to_string_lossy()));
+                    self.rotation_names
+                        .entry(name)
+                        .or_insert_with(|| RotationName {
+                            logical: path.clone(),
+                            last_id: Some(id),
+                            last_matched: Instant::now(),
+                        });
+                }
+            }
             if let Some(f) = self.files.get_mut(&id) {
                 if f.path != path && matches!(f.presence, Presence::Active) {
                     // Renamed to another matched name: same file, keep reading it.
@@ -506,10 +572,10 @@ impl TailState {
             let stored = match &self.db {
                 Some(db) => db.find_inode(id.1)?.map(|row| {
                     if db::marker_matches(&file, &row, meta.len()) {
-                        (row.id, row.offset)
+                        (Some(row.id), row.offset)
                     } else {
                         tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), "stored offset does not fit this file (inode reused or truncated): reading from the start");
-                        (row.id, 0)
+                        (Some(row.id), 0)
                     }
                 }),
                 None => None,
@@ -519,7 +585,6 @@ impl TailState {
                 || self.db.as_ref().is_some_and(|d| d.existed_before);
             self.open_file(path.clone(), path, file, &meta, stored, from_head)?;
         }
-        let mut rotated_dirs: Vec<(PathBuf, String, PathBuf)> = Vec::new();
         for f in self.files.values_mut() {
             if matches!(f.presence, Presence::Active) && !seen.contains(&f.id) {
                 f.presence = Presence::Gone {
@@ -535,21 +600,32 @@ impl TailState {
                     .as_ref()
                     .is_none_or(|p| p.to_string_lossy().ends_with(" (deleted)"));
                 tracing::info!(input = %self.cfg.metrics.name, file = %f.path.display(), unread = f.size.saturating_sub(f.pos), "file {}: reading it to its end before closing", if deleted { "deleted" } else { "rotated" });
-                if let (Some(db), Some(row), Some(real), false) =
-                    (&self.db, f.db_row, real, deleted)
-                {
-                    db.rename(row, &real.to_string_lossy())?;
-                }
-                if let (Some(dir), Some(base)) = (f.real_path.parent(), f.real_path.file_name()) {
-                    rotated_dirs.push((
-                        dir.to_path_buf(),
-                        format!("{}.", base.to_string_lossy()),
-                        f.path.clone(),
-                    ));
+                if let (Some(real), false) = (real, deleted) {
+                    if let (Some(db), Some(row)) = (&self.db, f.db_row) {
+                        db.rename(row, &real.to_string_lossy())?;
+                    }
+                    f.real_path = real;
                 }
             }
         }
-        for (dir, prefix, logical) in rotated_dirs {
+        // Siblings are looked for when the file under a name changed since the previous scan or
+        // the name is empty (a file created and rotated away between two scans after the one
+        // followed before it was gone) — not when it holds the same file (a copytruncate copy
+        // is not new data).
+        self.rotation_names
+            .retain(|_, n| n.last_matched.elapsed() < FORGET_ROTATION_NAMES);
+        let mut changed: Vec<(PathBuf, String, PathBuf)> = Vec::new();
+        for ((dir, prefix), name) in self.rotation_names.iter_mut() {
+            let now = current.get(&name.logical).copied();
+            if now.is_none() || now != name.last_id {
+                changed.push((dir.clone(), prefix.clone(), name.logical.clone()));
+            }
+            name.last_id = now;
+            if now.is_some() {
+                name.last_matched = Instant::now();
+            }
+        }
+        for (dir, prefix, logical) in changed {
             self.adopt_unseen_rotations(&dir, &prefix, &logical)?;
         }
         self.last_scan = scan_started;
@@ -557,8 +633,8 @@ impl TailState {
     }
 
     /// A file can be created and rotated away between two scans (fast rotation): it was never
-    /// opened. When a rotation is seen, siblings named `<basename>.*` that changed since the
-    /// previous scan and are neither followed nor recently closed are read from their head.
+    /// opened. Siblings named `<basename>.*` that changed since the previous scan and are
+    /// neither followed, parked nor recently closed are read from their head.
     fn adopt_unseen_rotations(
         &mut self,
         dir: &Path,
@@ -583,7 +659,10 @@ impl TailState {
                 changed >= since
             })
             .filter(|(_, m)| {
-                !self.files.contains_key(&identity(m)) && !self.closed.contains(&identity(m))
+                let id = identity(m);
+                !self.files.contains_key(&id)
+                    && !self.closed.contains(&id)
+                    && !self.parked.iter().any(|p| p.id == id)
             })
             .collect();
         candidates.sort_by_key(|(_, m)| {
@@ -621,13 +700,13 @@ impl TailState {
         real: PathBuf,
         mut file: std::fs::File,
         meta: &std::fs::Metadata,
-        stored: Option<(i64, u64)>,
+        stored: Option<(Option<i64>, u64)>,
         from_head: bool,
     ) -> anyhow::Result<()> {
         use std::io::Seek;
         let id = identity(meta);
         let (db_row, offset) = match stored {
-            Some((row, offset)) => (Some(row), offset),
+            Some((row, offset)) => (row, offset),
             None => {
                 let offset = if from_head { 0 } else { meta.len() };
                 let row = match &self.db {
@@ -789,7 +868,92 @@ impl TailState {
             .map(|f| f.assembler.take_truncated_joins())
             .sum();
         self.cfg.metrics.multiline_truncated.add(truncated_joins);
-        self.close_drained()
+        self.close_drained()?;
+        self.bound_rotated()
+    }
+
+    /// Keeps at most `Rotated_Files_Max` rotated files open: the newest beyond it are parked
+    /// once nothing of theirs is in flight, if they are still on disk; parked
+    /// files are reopened, oldest first, as slots free up.
+    fn bound_rotated(&mut self) -> anyhow::Result<()> {
+        let max = self.cfg.rotated_files_max;
+        let rotated: Vec<FileId> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|id| matches!(self.files[id].presence, Presence::Gone { .. }))
+            .collect();
+        self.parking.clear();
+        if rotated.len() > max {
+            self.persist_offsets()?;
+            for id in &rotated[max..] {
+                let f = &self.files[id];
+                let on_disk = std::fs::metadata(&f.real_path).is_ok_and(|m| identity(&m) == *id);
+                if !on_disk {
+                    continue;
+                }
+                if !f.reopenable_at_committed() {
+                    // Stop reading it so that what is in flight is acknowledged.
+                    self.parking.push(*id);
+                    continue;
+                }
+                let f = self.files.remove(id).expect("listed");
+                self.order.retain(|o| o != id);
+                tracing::info!(input = %self.cfg.metrics.name, file = %f.real_path.display(), offset = f.committed, unread = f.size.saturating_sub(f.committed), "{} rotated files open (Rotated_Files_Max {max}): closing this one until its turn", rotated.len());
+                self.parked.push_back(Parked {
+                    path: f.path,
+                    real_path: f.real_path,
+                    id: f.id,
+                    db_row: f.db_row,
+                    offset: f.committed,
+                    size: f.size,
+                });
+            }
+        } else {
+            for _ in rotated.len()..max {
+                let Some(p) = self.parked.pop_front() else {
+                    break;
+                };
+                self.unpark(p)?;
+            }
+        }
+        self.cfg
+            .metrics
+            .rotated_parked
+            .set(self.parked.len() as i64);
+        Ok(())
+    }
+
+    /// Reopens a parked file where it was left, found by identity at its path or in its
+    /// directory (it may have been renamed again).
+    fn unpark(&mut self, p: Parked) -> anyhow::Result<()> {
+        let at_path = std::fs::File::open(&p.real_path)
+            .ok()
+            .and_then(|f| opened_identity(&f).map(|(meta, id)| (f, meta, id)))
+            .filter(|(_, _, id)| *id == p.id)
+            .map(|(f, meta, _)| (p.real_path.clone(), f, meta));
+        let found = at_path.or_else(|| {
+            let (path, _) = find_by_inode(p.real_path.parent()?, p.id.1)?;
+            let file = std::fs::File::open(&path).ok()?;
+            let (meta, id) = opened_identity(&file)?;
+            (id == p.id).then_some((path, file, meta))
+        });
+        let Some((real, file, meta)) = found else {
+            let lost = p.size.saturating_sub(p.offset);
+            self.cfg.metrics.rotated_lost_bytes.add(lost);
+            tracing::warn!(input = %self.cfg.metrics.name, file = %p.real_path.display(), lost_bytes = lost, "a rotated file closed at Rotated_Files_Max was deleted before its turn: its unread bytes are lost");
+            if let (Some(db), Some(row)) = (&self.db, p.db_row) {
+                db.delete(row)?;
+            }
+            return Ok(());
+        };
+        self.open_file(p.path, real, file, &meta, Some((p.db_row, p.offset)), true)?;
+        if let Some(f) = self.files.get_mut(&p.id) {
+            f.presence = Presence::Gone {
+                since: Instant::now(),
+            };
+        }
+        Ok(())
     }
 
     fn main_loop(&mut self) -> anyhow::Result<()> {
@@ -827,6 +991,9 @@ impl TailState {
                         break;
                     }
                     let id = self.order[(turn + k) % n];
+                    if self.parking.contains(&id) {
+                        continue;
+                    }
                     let f = self.files.get_mut(&id).expect("ordered files are tracked");
                     match f.read_chunk(READ_SIZE, &self.cfg.limits, &mut self.stats) {
                         Ok(Some(out)) => {
@@ -843,7 +1010,11 @@ impl TailState {
                 }
                 turn = turn.wrapping_add(1);
             }
-            if self.cfg.exit_on_eof && !read_any && self.files.values().all(|f| f.at_eof) {
+            if self.cfg.exit_on_eof
+                && !read_any
+                && self.parked.is_empty()
+                && self.files.values().all(|f| f.at_eof)
+            {
                 tracing::info!(input = %self.cfg.metrics.name, "all files read to their end (Exit_On_Eof)");
                 return Ok(());
             }
@@ -913,6 +1084,7 @@ mod tests {
             read_from_head: false,
             ignore_older: None,
             exit_on_eof: false,
+            rotated_files_max: 1,
             db: None,
         }
     }

