@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::peers::{
     create_bucket, get_object, isolated_aws_env, list_keys, moto_auth_role_credentials,
-    object_size, start_s3s, CredentialEndpoint, EndpointRequest, Peers, Reply,
+    object_size, run_python, start_s3s, CredentialEndpoint, EndpointRequest, Peers, Reply,
 };
 use common::*;
 
@@ -300,9 +300,9 @@ fn server_down_then_back_loses_nothing() {
 fn role_arn_with_external_id_through_sts_endpoint() {
     let p = Peers::get();
     let endpoint = p.var("MOTO_AUTH_ENDPOINT");
-    let setup = std::process::Command::new(p.var("PEERS_PYTHON"))
-        .arg("-c")
-        .arg(r#"
+    let f = run_python(
+        &p,
+        r#"
 import sys, json, boto3
 ep, ak, sk = sys.argv[1], sys.argv[2], sys.argv[3]
 kw = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id=ak, aws_secret_access_key=sk)
@@ -316,33 +316,37 @@ role = iam.create_role(RoleName="uploader" + n, AssumeRolePolicyDocument=json.du
 iam.put_role_policy(RoleName="uploader" + n, PolicyName="s3", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
 boto3.client("s3", **kw).create_bucket(Bucket="cross-account-" + n)
 print(key["AccessKeyId"], key["SecretAccessKey"], role, "ext-" + n, "cross-account-" + n)
-"#)
-        .args([endpoint, p.var("MOTO_AUTH_ACCESS_KEY"), p.var("MOTO_AUTH_SECRET_KEY")])
-        .output()
-        .unwrap();
-    assert!(
-        setup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&setup.stderr)
+"#,
+        &[
+            endpoint,
+            p.var("MOTO_AUTH_ACCESS_KEY"),
+            p.var("MOTO_AUTH_SECRET_KEY"),
+        ],
     );
-    let out = String::from_utf8(setup.stdout).unwrap();
-    let f: Vec<&str> = out.split_whitespace().collect();
-    let (user_key, user_secret, role_arn, external_id, bucket) = (f[0], f[1], f[2], f[3], f[4]);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("containers")).unwrap();
-    cri_lines(&dir.path().join("containers").join(POD_LOG), "x", 0, 100);
-    let cfg = union_config(
-        dir.path(),
-        endpoint,
-        bucket,
-        &format!(
-            "    role_arn {role_arn}\n    external_id {external_id}\n    sts_endpoint {endpoint}\n"
-        ),
-    );
-    let (k, s) = (user_key.to_string(), user_secret.to_string());
-    let _agent = Agent::start_custom(dir.path(), &cfg, move |c| {
-        isolated_aws_env(c, Some((&k, &s)))
-    });
+    let [user_key, user_secret, role_arn, external_id, bucket] = &f[..] else {
+        panic!("setup printed {f:?}");
+    };
+    // Union's config shipping `lines` lines as the user, with `extra` output options.
+    let as_user = |prefix: &str, lines: usize, extra: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("containers")).unwrap();
+        cri_lines(
+            &dir.path().join("containers").join(POD_LOG),
+            prefix,
+            0,
+            lines,
+        );
+        let cfg = union_config(dir.path(), endpoint, bucket, extra);
+        let (k, s) = (user_key.to_string(), user_secret.to_string());
+        let agent = Agent::start_custom(dir.path(), &cfg, move |c| {
+            isolated_aws_env(c, Some((&k, &s)))
+        });
+        (dir, agent)
+    };
+    let with_role = |external_id: &str, key_prefix: &str| {
+        format!("    role_arn {role_arn}\n    external_id {external_id}\n    sts_endpoint {endpoint}\n    s3_key_format /{key_prefix}/$TAG\n")
+    };
+    let _shipping = as_user("x", 100, &with_role(external_id, "persisted-logs"));
     let admin = p.s3(
         endpoint,
         p.var("MOTO_AUTH_ACCESS_KEY"),
@@ -352,19 +356,7 @@ print(key["AccessKeyId"], key["SecretAccessKey"], role, "ext-" + n, "cross-accou
         get_object(&admin, bucket, KEY).is_some_and(|b| object_logs(&b).len() >= 100)
     });
     // Without the role, the same user cannot write: the upload fails and the data stays spooled.
-    let dir2 = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir2.path().join("containers")).unwrap();
-    cri_lines(&dir2.path().join("containers").join(POD_LOG), "y", 0, 10);
-    let cfg2 = union_config(
-        dir2.path(),
-        endpoint,
-        bucket,
-        "    s3_key_format /denied/$TAG\n",
-    );
-    let (k, s) = (user_key.to_string(), user_secret.to_string());
-    let agent2 = Agent::start_custom(dir2.path(), &cfg2, move |c| {
-        isolated_aws_env(c, Some((&k, &s)))
-    });
+    let (_dir2, agent2) = as_user("y", 10, "    s3_key_format /denied/$TAG\n");
     wait_until(T, "access denied without the role", || {
         agent2.log_text().contains("upload failed")
     });
@@ -372,19 +364,8 @@ print(key["AccessKeyId"], key["SecretAccessKey"], role, "ext-" + n, "cross-accou
     // A wrong external_id: the role's trust refuses it; the error names the role and that
     // credentials could not be loaded (moto's STS error body is not one the SDK parses for a
     // code, so the code itself is not asserted).
-    let dir3 = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir3.path().join("containers")).unwrap();
-    cri_lines(&dir3.path().join("containers").join(POD_LOG), "z", 0, 10);
-    let cfg3 = union_config(
-        dir3.path(),
-        endpoint,
-        bucket,
-        &format!("    role_arn {role_arn}\n    external_id not-{external_id}\n    sts_endpoint {endpoint}\n    s3_key_format /wrong-external-id/$TAG\n"),
-    );
-    let (k, s) = (user_key.to_string(), user_secret.to_string());
-    let agent3 = Agent::start_custom(dir3.path(), &cfg3, move |c| {
-        isolated_aws_env(c, Some((&k, &s)))
-    });
+    let wrong = format!("not-{external_id}");
+    let (_dir3, agent3) = as_user("z", 10, &with_role(&wrong, "wrong-external-id"));
     wait_until(T, "AssumeRole refused", || {
         agent3.log_text().contains("upload failed")
     });

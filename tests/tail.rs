@@ -23,21 +23,21 @@ fn tail_to_file(dir: &Path, path_glob: &str, extra_input: &str) -> std::path::Pa
     )
 }
 
+/// Follows `log` from its head into `out.jsonl`, once the agent made its first scan.
+fn follow_from_head(dir: &Path, log: &Path) -> (Agent, std::path::PathBuf) {
+    let cfg = tail_to_file(dir, &log.display().to_string(), "    Read_from_Head On\n");
+    (Agent::start_tailing(dir, &cfg), dir.join("out.jsonl"))
+}
+
 #[test]
 fn rotation_by_rename_while_writing_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("app.log");
     append_numbered(&log, "r", 0, 1000);
-    let cfg = tail_to_file(
-        dir.path(),
-        &log.display().to_string(),
-        "    Read_from_Head On\n",
-    );
-    let _agent = Agent::start_tailing(dir.path(), &cfg);
-    let out = dir.path().join("out.jsonl");
-    // Files renamed away before logferry first saw them are not matched by Path (as with
-    // Fluent Bit), hence start_tailing: the agent follows app.log before it is rotated.
-    // Rotate five times while writing; the renamed files are no longer matched by Path.
+    let (_agent, out) = follow_from_head(dir.path(), &log);
+    // Rotate five times while writing; the renamed files are no longer matched by Path. (Files
+    // renamed away before logferry first saw them are not read, as with Fluent Bit: hence
+    // start_tailing, which waits until the agent follows app.log.)
     let mut n = 1000;
     for round in 0..5 {
         append_numbered(&log, "r", n, 20_000);
@@ -59,13 +59,7 @@ fn kubelet_rotation_skips_compressed_siblings() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("0.log");
     append_numbered(&log, "k", 0, 100);
-    let cfg = tail_to_file(
-        dir.path(),
-        &log.display().to_string(),
-        "    Read_from_Head On\n",
-    );
-    let _agent = Agent::start_tailing(dir.path(), &cfg);
-    let out = dir.path().join("out.jsonl");
+    let (_agent, out) = follow_from_head(dir.path(), &log);
     wait_until(T, "first lines shipped", || count_lines(&out) >= 100);
     append_numbered(&log, "k", 100, 100);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

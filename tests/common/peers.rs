@@ -260,10 +260,9 @@ impl CredentialEndpoint {
 /// Temporary credentials from moto-auth's STS for a fresh role that may use S3 (and a bucket
 /// for it): `(access_key, secret, session_token, bucket)`.
 pub fn moto_auth_role_credentials(p: &Peers, name: &str) -> (String, String, String, String) {
-    let out = std::process::Command::new(p.var("PEERS_PYTHON"))
-        .arg("-c")
-        .arg(
-            r#"
+    let f = run_python(
+        p,
+        r#"
 import sys, json, random, boto3
 ep, ak, sk, name = sys.argv[1:5]
 kw = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id=ak, aws_secret_access_key=sk)
@@ -276,13 +275,25 @@ boto3.client("s3", **kw).create_bucket(Bucket=n)
 c = boto3.client("sts", **kw).assume_role(RoleArn=role, RoleSessionName=n)["Credentials"]
 print(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], n)
 "#,
-        )
-        .args([
+        &[
             p.var("MOTO_AUTH_ENDPOINT"),
             p.var("MOTO_AUTH_ACCESS_KEY"),
             p.var("MOTO_AUTH_SECRET_KEY"),
             name,
-        ])
+        ],
+    );
+    let [key, secret, token, bucket] = &f[..] else {
+        panic!("setup printed {f:?}");
+    };
+    (key.clone(), secret.clone(), token.clone(), bucket.clone())
+}
+
+/// Runs a Python script with the peers' venv (boto3) and returns the words it printed.
+pub fn run_python(p: &Peers, script: &str, args: &[&str]) -> Vec<String> {
+    let out = std::process::Command::new(p.var("PEERS_PYTHON"))
+        .arg("-c")
+        .arg(script)
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -290,7 +301,9 @@ print(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], n)
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let f: Vec<&str> = text.split_whitespace().collect();
-    (f[0].into(), f[1].into(), f[2].into(), f[3].into())
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
