@@ -264,8 +264,8 @@ impl TailedFile {
     /// Everything read is acknowledged and nothing is held back.
     pub fn drained(&self) -> bool {
         self.at_eof
-            && self.partial.is_empty()
             && self.inflight.is_empty()
+            && self.partial.is_empty()
             && self.assembler.pending_since().is_none()
     }
 

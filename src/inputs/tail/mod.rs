@@ -352,10 +352,19 @@ fn opened_identity(file: &std::fs::File) -> Option<(std::fs::Metadata, FileId)> 
     Some((meta, id))
 }
 
+/// Opens `path` if it still is the file `id` (it may have been rotated since it was seen).
+fn open_same(path: &Path, id: FileId) -> Option<(std::fs::File, std::fs::Metadata)> {
+    let file = std::fs::File::open(path).ok()?;
+    let (meta, opened) = opened_identity(&file)?;
+    (opened == id).then_some((file, meta))
+}
+
 /// A matched name whose rotated siblings are looked for.
 struct RotationName {
-    /// The path matched by `Path`.
-    logical: PathBuf,
+    /// Directory of the resolved path (the target of a `/var/log/containers` symlink).
+    dir: PathBuf,
+    /// `<basename>.` of the resolved path: rotated siblings start with it.
+    prefix: String,
     /// The file found under it by the previous scan.
     last_id: Option<FileId>,
     last_matched: Instant,
@@ -396,9 +405,8 @@ struct TailState {
     parked: std::collections::VecDeque<Parked>,
     /// Rotated files over the bound, not read until they are settled and parked.
     parking: Vec<FileId>,
-    /// Names files were matched under (directory and `<basename>.` of the resolved path), for
-    /// finding files rotated between two scans.
-    rotation_names: HashMap<(PathBuf, String), RotationName>,
+    /// Paths files were matched under, for finding files rotated between two scans.
+    rotation_names: HashMap<PathBuf, RotationName>,
     last_scan: std::time::SystemTime,
 }
 
@@ -489,12 +497,9 @@ impl TailState {
             if self.files.contains_key(&identity(&meta)) {
                 continue;
             }
-            let Ok(file) = std::fs::File::open(&path) else {
+            let Some((file, meta)) = open_same(&path, identity(&meta)) else {
                 continue;
             };
-            if opened_identity(&file).is_none_or(|(_, id)| id != identity(&meta)) {
-                continue;
-            }
             if !db::marker_matches(&file, &row, meta.len()) || row.offset >= meta.len() {
                 delete(self, row.id)?;
                 continue;
@@ -531,16 +536,18 @@ impl TailState {
         for (path, meta) in found {
             let id = identity(&meta);
             seen.push(id);
-            if let Ok(real) = std::fs::canonicalize(&path) {
+            let real = (!self.rotation_names.contains_key(&path))
+                .then(|| std::fs::canonicalize(&path).ok())
+                .flatten();
+            if let Some(real) = real {
                 if let (Some(dir), Some(base)) = (real.parent(), real.file_name()) {
-                    let name = (dir.to_path_buf(), format!("{}.", base.to_string_lossy()));
-                    self.rotation_names
-                        .entry(name)
-                        .or_insert_with(|| RotationName {
-                            logical: path.clone(),
-                            last_id: Some(id),
-                            last_matched: Instant::now(),
-                        });
+                    let name = RotationName {
+                        dir: dir.to_path_buf(),
+                        prefix: format!("{}.", base.to_string_lossy()),
+                        last_id: Some(id),
+                        last_matched: Instant::now(),
+                    };
+                    self.rotation_names.insert(path.clone(), name);
                 }
             }
             if let Some(f) = self.files.get_mut(&id) {
@@ -562,13 +569,16 @@ impl TailState {
             };
             // The path may have been rotated between the scan's stat and this open: what counts
             // is the file actually opened, or a file could be followed under another's identity.
-            let Some((meta, id)) = opened_identity(&file) else {
+            let Some((meta, opened)) = opened_identity(&file) else {
                 continue;
             };
-            seen.push(id);
-            if self.files.contains_key(&id) {
-                continue;
+            if opened != id {
+                seen.push(opened);
+                if self.files.contains_key(&opened) {
+                    continue;
+                }
             }
+            let id = opened;
             let stored = match &self.db {
                 Some(db) => db.find_inode(id.1)?.map(|row| {
                     if db::marker_matches(&file, &row, meta.len()) {
@@ -615,10 +625,10 @@ impl TailState {
         self.rotation_names
             .retain(|_, n| n.last_matched.elapsed() < FORGET_ROTATION_NAMES);
         let mut changed: Vec<(PathBuf, String, PathBuf)> = Vec::new();
-        for ((dir, prefix), name) in self.rotation_names.iter_mut() {
-            let now = current.get(&name.logical).copied();
+        for (logical, name) in self.rotation_names.iter_mut() {
+            let now = current.get(logical).copied();
             if now.is_none() || now != name.last_id {
-                changed.push((dir.clone(), prefix.clone(), name.logical.clone()));
+                changed.push((name.dir.clone(), name.prefix.clone(), logical.clone()));
             }
             name.last_id = now;
             if now.is_some() {
@@ -670,17 +680,11 @@ impl TailState {
                 + std::os::unix::fs::MetadataExt::ctime(m) * 1_000_000_000
         });
         for (path, scanned) in candidates {
-            let Ok(file) = std::fs::File::open(&path) else {
+            let Some((file, meta)) = open_same(&path, identity(&scanned)) else {
                 continue;
             };
             if is_compressed(&path, &file) {
                 // The kubelet gzips the previous rotated log as it rotates the current one.
-                continue;
-            }
-            let Some((meta, id)) = opened_identity(&file) else {
-                continue;
-            };
-            if id != identity(&scanned) || self.files.contains_key(&id) {
                 continue;
             }
             tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), "found a file rotated before it was opened: reading it from its start");
@@ -927,17 +931,12 @@ impl TailState {
     /// Reopens a parked file where it was left, found by identity at its path or in its
     /// directory (it may have been renamed again).
     fn unpark(&mut self, p: Parked) -> anyhow::Result<()> {
-        let at_path = std::fs::File::open(&p.real_path)
-            .ok()
-            .and_then(|f| opened_identity(&f).map(|(meta, id)| (f, meta, id)))
-            .filter(|(_, _, id)| *id == p.id)
-            .map(|(f, meta, _)| (p.real_path.clone(), f, meta));
-        let found = at_path.or_else(|| {
-            let (path, _) = find_by_inode(p.real_path.parent()?, p.id.1)?;
-            let file = std::fs::File::open(&path).ok()?;
-            let (meta, id) = opened_identity(&file)?;
-            (id == p.id).then_some((path, file, meta))
-        });
+        let found = open_same(&p.real_path, p.id)
+            .map(|(file, meta)| (p.real_path.clone(), file, meta))
+            .or_else(|| {
+                let (path, _) = find_by_inode(p.real_path.parent()?, p.id.1)?;
+                open_same(&path, p.id).map(|(file, meta)| (path, file, meta))
+            });
         let Some((real, file, meta)) = found else {
             let lost = p.size.saturating_sub(p.offset);
             self.cfg.metrics.rotated_lost_bytes.add(lost);
