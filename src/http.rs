@@ -229,6 +229,18 @@ pub fn render_prometheus(r: &Registry) -> String {
         "Unread bytes of parked rotated files deleted before they could be reopened.",
         tail_rows(&|i| i.rotated_lost_bytes.get() as i64),
     );
+    family(
+        "logferry_input_compressed_recovered_bytes_total",
+        "counter",
+        "Bytes read from compressed rotated copies of files rotated while logferry was down.",
+        tail_rows(&|i| i.compressed_recovered_bytes.get() as i64),
+    );
+    family(
+        "logferry_input_db_resets_total",
+        "counter",
+        "Damaged offsets DB files moved aside (their files are read again from the head).",
+        tail_rows(&|i| i.db_resets.get() as i64),
+    );
     let fil = |f: &dyn Fn(&crate::engine::metrics::FilterMetrics) -> i64| {
         r.filters
             .iter()

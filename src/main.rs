@@ -106,7 +106,10 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!(config = %config_path.display(), "logferry {} starting", env!("CARGO_PKG_VERSION"));
-    match runtime.block_on(pipeline.run()) {
+    let result = runtime.block_on(pipeline.run());
+    // Blocking tasks still running (a stuck upload, a slow disk) must not hold the exit.
+    runtime.shutdown_timeout(logferry::engine::HARD_STOP_WAIT);
+    match result {
         Ok(()) => {
             tracing::info!("logferry stopped");
             ExitCode::SUCCESS

@@ -52,6 +52,11 @@ pub struct InputMetrics {
     pub rotated_parked: Gauge,
     /// logferry: unread bytes of parked rotated files deleted before they could be reopened.
     pub rotated_lost_bytes: Counter,
+    /// logferry: bytes read from compressed rotated copies (the kubelet gzipped a file while the
+    /// agent was down).
+    pub compressed_recovered_bytes: Counter,
+    /// logferry: offsets DB files found damaged and moved aside.
+    pub db_resets: Counter,
 }
 
 #[derive(Debug, Default)]

@@ -30,6 +30,12 @@ pub use ack::{Claim, MemBudget};
 use metrics::{FilterMetrics, HealthWindow, InputMetrics, OutputMetrics, Registry};
 use router::TagMatcher;
 
+/// Tags whose output routes are cached per input, at most.
+const ROUTE_CACHE_MAX: usize = 4096;
+
+/// How long shutdown waits for an output or input that ignores the hard stop after `Grace`.
+pub const HARD_STOP_WAIT: Duration = Duration::from_secs(3);
+
 /// Estimated per-record memory beyond the source bytes (record map, keys, value slots).
 pub const RECORD_OVERHEAD: u64 = 320;
 
@@ -87,6 +93,10 @@ impl Dispatcher {
             }
         }
         let outputs = &self.outputs;
+        if self.routes.len() >= ROUTE_CACHE_MAX && !self.routes.contains_key(tag) {
+            // Tags come and go with pods: the cache must not grow with every tag ever seen.
+            self.routes.clear();
+        }
         let route = self.routes.entry(tag.clone()).or_insert_with(|| {
             outputs
                 .iter()
@@ -387,9 +397,10 @@ impl Pipeline {
             crate::http::spawn(&service, registry.clone()).await?;
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<String>();
+        // Each input thread reports its end: `Err` carries why it died.
+        let (finished_tx, mut finished_rx) =
+            mpsc::unbounded_channel::<(String, Result<(), String>)>();
         let mut threads = Vec::new();
-        let input_count = inputs.len();
         for (input, budget) in inputs.into_iter().zip(budgets) {
             let dispatcher = Dispatcher {
                 metrics: input.metrics(),
@@ -411,10 +422,8 @@ impl Pipeline {
                 std::thread::Builder::new()
                     .name(name.clone())
                     .spawn(move || {
-                        if let Err(e) = input.run(ctx) {
-                            tracing::error!(input = %name, "input stopped with an error: {e:#}");
-                        }
-                        let _ = done.send(name);
+                        let result = input.run(ctx).map_err(|e| format!("{e:#}"));
+                        let _ = done.send((name, result));
                     })?,
             );
         }
@@ -423,16 +432,20 @@ impl Pipeline {
 
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut finished = 0;
-        let mut exit_on_eof = false;
-        while finished < input_count && !exit_on_eof {
-            tokio::select! {
-                _ = sigterm.recv() => { tracing::info!("SIGTERM received: stopping inputs, flushing within Grace {}s", service.grace.as_secs()); break; }
-                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received: stopping inputs, flushing within Grace {}s", service.grace.as_secs()); break; }
-                name = finished_rx.recv() => match name {
-                    Some(n) => { finished += 1; tracing::debug!(input = %n, "input finished"); exit_on_eof = true; }
-                    None => break,
+        let mut failure: Option<String> = None;
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM received: stopping inputs, flushing within Grace {}s", service.grace.as_secs()),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received: stopping inputs, flushing within Grace {}s", service.grace.as_secs()),
+            ended = finished_rx.recv() => match ended {
+                // An input that finished its work (Exit_On_Eof, dummy Samples) ends the run.
+                Some((name, Ok(()))) => tracing::debug!(input = %name, "input finished"),
+                Some((name, Err(e))) => {
+                    // A dead input must not leave the agent running half blind, nor exit 0:
+                    // stop everything and exit non-zero so a supervisor restarts it.
+                    tracing::error!(input = %name, "input stopped with an error: {e}; stopping logferry");
+                    failure = Some(format!("input '{name}' failed: {e}"));
                 }
+                None => {}
             }
         }
         stop.store(true, Ordering::SeqCst);
@@ -450,15 +463,34 @@ impl Pipeline {
         {
             tracing::warn!("Grace period expired before every output finished: unacknowledged records are read again on restart, spooled ones stay in the output's store_dir");
             let _ = hard_stop_tx.send(true);
-            all_done.await;
+            // Outputs stop at the hard stop; one that does not is left behind, not waited for.
+            if tokio::time::timeout(HARD_STOP_WAIT, all_done)
+                .await
+                .is_err()
+            {
+                tracing::warn!("an output did not stop within {}s of the hard stop: exiting without it (its spooled data stays on disk)", HARD_STOP_WAIT.as_secs());
+            }
         }
         let join = tokio::task::spawn_blocking(move || {
             threads.into_iter().for_each(|t| {
                 let _ = t.join();
             })
         });
-        let _ = tokio::time::timeout(Duration::from_secs(10), join).await;
-        Ok(())
+        let _ = tokio::time::timeout(HARD_STOP_WAIT, join).await;
+        // Inputs that ended after the loop above may have failed too.
+        while let Ok((name, result)) = finished_rx.try_recv() {
+            if let (Err(e), None) = (result, &failure) {
+                failure = Some(format!("input '{name}' failed: {e}"));
+            }
+        }
+        let read: u64 = registry.inputs.iter().map(|i| i.records.get()).sum();
+        for o in registry.outputs.iter() {
+            tracing::info!(output = %o.name, records_read = read, records_accepted = o.proc_records.get(), records_uploaded = o.uploaded_records.get(), records_dropped = o.dropped_records.get(), "exit summary");
+        }
+        match failure {
+            Some(f) => Err(anyhow::anyhow!(f)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -86,6 +86,40 @@ pub struct LineStats {
 }
 
 impl TailedFile {
+    /// Follows `file` from `offset` (already sought to), nothing in flight.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: FileId,
+        db_row: Option<i64>,
+        path: PathBuf,
+        real_path: PathBuf,
+        tag: Arc<str>,
+        file: File,
+        offset: u64,
+        size: u64,
+        assembler: LineAssembler,
+    ) -> Self {
+        TailedFile {
+            id,
+            db_row,
+            path,
+            real_path,
+            tag,
+            file,
+            pos: offset,
+            partial: BytesMut::new(),
+            skipping_from: None,
+            assembler,
+            committed: offset,
+            committed_dirty: false,
+            inflight: VecDeque::new(),
+            next_seq: 0,
+            presence: Presence::Active,
+            at_eof: false,
+            size,
+        }
+    }
+
     /// Reads up to `read_size` bytes and turns complete lines into events.
     pub fn read_chunk(
         &mut self,
@@ -99,18 +133,25 @@ impl TailedFile {
             tracing::info!(file = %self.path.display(), "file truncated: reading it again from the start");
             self.reset_to_start();
         }
+        // An idle file costs one fstat: no buffer is allocated until there is something to read.
+        let available = self.size - self.pos;
+        if available == 0 {
+            self.at_eof = true;
+            return Ok(None);
+        }
+        let read_size = read_size.min(available as usize);
         let mut buf = BytesMut::with_capacity(self.partial.len() + read_size);
         buf.extend_from_slice(&self.partial);
         let base = self.pos - self.partial.len() as u64;
-        self.partial.clear();
+        self.partial = BytesMut::new();
         let already = buf.len();
         buf.resize(already + read_size, 0);
         let n = read_fully(&mut self.file, &mut buf[already..])?;
         buf.truncate(already + n);
         self.pos += n as u64;
-        self.at_eof = n < read_size;
+        self.at_eof = self.pos >= self.size;
         if n == 0 {
-            self.partial = buf;
+            self.partial = BytesMut::from(&buf[..]);
             return Ok(None);
         }
         let mut events = Vec::new();
@@ -182,7 +223,9 @@ impl TailedFile {
         if self.skipping_from.is_some() {
             buf.clear();
         }
-        self.partial = buf;
+        // Keep only the partial line, not the read buffer it is a slice of (an idle file must
+        // not pin a whole read's worth of memory).
+        self.partial = BytesMut::from(&buf[..]);
         Ok(Some(ReadOutcome {
             events,
             bytes: n as u64,
@@ -261,12 +304,40 @@ impl TailedFile {
         }
     }
 
-    /// Everything read is acknowledged and nothing is held back.
+    /// Read to the file's current size (not a stale end-of-file flag: a paused input may not
+    /// have looked since the file grew), everything acknowledged, nothing held back.
     pub fn drained(&self) -> bool {
-        self.at_eof
+        self.read_to_end()
             && self.inflight.is_empty()
             && self.partial.is_empty()
             && self.assembler.pending_since().is_none()
+    }
+
+    /// The read position is at the file's current size.
+    pub fn read_to_end(&self) -> bool {
+        self.file.metadata().is_ok_and(|m| self.pos >= m.len())
+    }
+
+    /// A rotated or deleted file read to its end whose last line has no newline: that line is
+    /// complete now (nothing will be appended), so it is emitted with every held group.
+    pub fn finish_last_line(&mut self, limits: &LineLimits) -> Option<ReadOutcome> {
+        if self.partial.is_empty() || !self.read_to_end() {
+            return None;
+        }
+        let line = std::mem::take(&mut self.partial).freeze();
+        let line_start = self.pos - line.len() as u64;
+        let mut events = Vec::new();
+        if self.skipping_from.take().is_none() && !(limits.skip_empty_lines && line.is_empty()) {
+            let line = line.slice(..line.len().min(limits.max_line));
+            self.assembler.push(line, line_start, &mut events);
+        }
+        self.assembler.flush_all(&mut events);
+        decorate(&mut events, limits, &self.path, self.pos);
+        Some(ReadOutcome {
+            events,
+            bytes: 0,
+            commit_offset: self.safe_commit_offset(),
+        })
     }
 
     /// Nothing in flight, held by the multiline assembler or being skipped: the file can be
@@ -308,4 +379,97 @@ fn read_fully(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parsers::multiline::LineMode;
+    use std::io::Write;
+
+    fn follow(path: &std::path::Path) -> TailedFile {
+        let file = File::open(path).unwrap();
+        let meta = file.metadata().unwrap();
+        TailedFile::new(
+            identity(&meta),
+            None,
+            path.to_path_buf(),
+            path.to_path_buf(),
+            Arc::from("t"),
+            file,
+            0,
+            meta.len(),
+            LineAssembler::new(LineMode::Raw {
+                key: Bytes::from_static(b"log"),
+            }),
+        )
+    }
+
+    fn limits() -> LineLimits {
+        LineLimits {
+            max_line: 1 << 20,
+            skip_long_lines: false,
+            skip_empty_lines: false,
+            path_key: None,
+            offset_key: None,
+        }
+    }
+
+    #[test]
+    fn a_file_that_grew_since_the_last_read_is_not_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, "one\ntwo\n").unwrap();
+        let mut f = follow(&path);
+        let out = f
+            .read_chunk(1024, &limits(), &mut LineStats::default())
+            .unwrap();
+        assert_eq!(out.unwrap().events.len(), 2);
+        assert!(f.drained());
+        // Written after the last read (the input was paused, so nobody looked since).
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"three\n")
+            .unwrap();
+        assert!(f.at_eof, "the flag is stale");
+        assert!(!f.drained(), "unread bytes mean not drained");
+    }
+
+    #[test]
+    fn the_last_line_without_newline_is_finished_once_read_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, "one\ncut").unwrap();
+        let mut f = follow(&path);
+        let out = f
+            .read_chunk(1024, &limits(), &mut LineStats::default())
+            .unwrap();
+        assert_eq!(out.unwrap().events.len(), 1);
+        assert!(!f.drained());
+        let last = f.finish_last_line(&limits()).expect("the cut line");
+        assert_eq!(last.events.len(), 1);
+        assert_eq!(last.commit_offset, 7);
+        assert!(f.partial.is_empty());
+    }
+
+    #[test]
+    fn an_idle_file_holds_no_read_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, "one\ntwo\nthree-without-newline").unwrap();
+        let mut f = follow(&path);
+        f.read_chunk(256 * 1024, &limits(), &mut LineStats::default())
+            .unwrap();
+        assert!(
+            f.partial.capacity() < 1024,
+            "the partial line is kept in its own small buffer, not the read buffer ({} bytes)",
+            f.partial.capacity()
+        );
+        assert!(f
+            .read_chunk(256 * 1024, &limits(), &mut LineStats::default())
+            .unwrap()
+            .is_none());
+    }
 }

@@ -1,0 +1,338 @@
+//! A restart is not a first start (invariant 3): what happened to the files while the agent was
+//! down is worked out from the offsets DB before the first read.
+//!
+//! - A row whose file is no longer under its matched name was rotated while the agent was down:
+//!   it is found by inode in its real directory (the target of a `/var/log/containers` symlink,
+//!   not the symlink's directory) and read on from its offset, tagged by the name it was matched
+//!   under.
+//! - If that file is gone too, the kubelet compressed it (`0.log.<time>.gz`, done at the next
+//!   rotation): the compressed siblings are decompressed next to the DB and the one whose bytes
+//!   before the row's offset are the row's marker is read on from that offset. No other shipper
+//!   does this; each such read is logged and its bytes counted.
+//! - Siblings not in the DB that changed after the last commit were born while the agent was
+//!   down: read from their head (compressed ones too). Siblings recorded as closed (same size,
+//!   same last bytes) were read before and are skipped, so logrotate's renumbering or the
+//!   kubelet's compression of an already shipped file repeats nothing.
+//!
+//! A row found nowhere is logged (its file was deleted while the agent was down) and removed.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::db::{self, ClosedFile, FileRow};
+use super::file::identity;
+use super::rotation::{is_compressed, siblings};
+use super::{find_by_inode, open_same, Start, TailState};
+
+/// Clock slack when comparing a file's modification time with the last commit.
+const COMMIT_SLACK: Duration = Duration::from_secs(2);
+
+/// A directory whose `<prefix>*` siblings belong to the matched name `logical`.
+struct Place {
+    dir: PathBuf,
+    prefix: String,
+    logical: PathBuf,
+}
+
+/// A sibling decompressed into the recovery directory.
+struct Decompressed {
+    source: PathBuf,
+    path: PathBuf,
+    file: std::fs::File,
+    meta: std::fs::Metadata,
+}
+
+impl TailState {
+    pub(super) fn recover_at_start(&mut self) -> anyhow::Result<()> {
+        let Some(db) = &self.db else {
+            return Ok(());
+        };
+        if !db.existed_before {
+            return Ok(());
+        }
+        let rows = db.all()?;
+        let closed = db.closed_files()?;
+        let since = db.last_commit.map(|t| t - COMMIT_SLACK);
+        let tracked: HashSet<i64> = self.files.values().filter_map(|f| f.db_row).collect();
+        let mut places: Vec<Place> = self
+            .rotation_names
+            .iter()
+            .map(|(logical, n)| Place {
+                dir: n.dir.clone(),
+                prefix: n.prefix.clone(),
+                logical: logical.clone(),
+            })
+            .collect();
+        let mut pending: Vec<FileRow> = Vec::new();
+        for row in rows.into_iter().filter(|r| !tracked.contains(&r.id)) {
+            let real = row_real_path(&row);
+            let dir = real.parent().map(Path::to_path_buf).unwrap_or_default();
+            if let Some(place) = place_of_row(&row, &real) {
+                let is_copy = self.recovered_dir.as_deref() == Some(place.dir.as_path());
+                if !is_copy
+                    && !places
+                        .iter()
+                        .any(|p| p.dir == place.dir && p.prefix == place.prefix)
+                {
+                    places.push(place);
+                }
+            }
+            if self.resume_row_by_inode(&row, &dir)? {
+                continue;
+            }
+            pending.push(row);
+        }
+        self.clear_stale_decompressed()?;
+        for place in &places {
+            for (path, meta) in siblings(&place.dir, &place.prefix) {
+                let id = identity(&meta);
+                if self.files.contains_key(&id) {
+                    continue;
+                }
+                let changed_since_commit =
+                    since.is_none_or(|s| meta.modified().map_or(true, |m| m >= s));
+                let Some((file, meta)) = open_same(&path, id) else {
+                    continue;
+                };
+                if is_compressed(&path, &file) {
+                    let owner_here = pending
+                        .iter()
+                        .any(|r| row_real_path(r).parent() == Some(place.dir.as_path()));
+                    if changed_since_commit || owner_here {
+                        self.recover_compressed(
+                            &path,
+                            place,
+                            &mut pending,
+                            &closed,
+                            changed_since_commit,
+                        )?;
+                    }
+                    continue;
+                }
+                let size = meta.len();
+                if !changed_since_commit
+                    || closed
+                        .iter()
+                        .any(|c| c.inode == id.1 && db::is_closed_file(&file, size, c))
+                {
+                    continue;
+                }
+                tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), bytes = size, "file born and rotated while logferry was down: reading it from its start");
+                self.open_gone(
+                    place.logical.clone(),
+                    path,
+                    file,
+                    &meta,
+                    Start::New { offset: 0 },
+                )?;
+            }
+        }
+        for row in pending {
+            tracing::warn!(input = %self.cfg.metrics.name, file = %row_real_path(&row).display(), offset = row.offset, "a followed file was deleted while logferry was down (no copy of it found, compressed or not): what was not read of it is lost");
+            if let Some(db) = &self.db {
+                db.delete(row.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reopens a row's file found by inode in `dir`; false if it is not there.
+    fn resume_row_by_inode(&mut self, row: &FileRow, dir: &Path) -> anyhow::Result<bool> {
+        let Some((path, meta)) = find_by_inode(dir, row.inode) else {
+            return Ok(false);
+        };
+        let id = identity(&meta);
+        if self.files.contains_key(&id) {
+            return Ok(true);
+        }
+        let Some((file, meta)) = open_same(&path, id) else {
+            return Ok(false);
+        };
+        if !db::marker_matches(&file, row.offset, row.marker, meta.len()) {
+            // Another file under a reused inode: the row's file is elsewhere or gone.
+            return Ok(false);
+        }
+        if row.offset >= meta.len() {
+            if let Some(db) = &mut self.db {
+                db.close(
+                    Some(row.id),
+                    &ClosedFile {
+                        inode: row.inode,
+                        size: meta.len(),
+                        end: db::offset_marker(&file, meta.len()),
+                    },
+                )?;
+            }
+            return Ok(true);
+        }
+        tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), offset = row.offset, "reading a file rotated while logferry was down to its end");
+        self.open_gone(
+            PathBuf::from(&row.name),
+            path,
+            file,
+            &meta,
+            Start::Row {
+                row: row.id,
+                offset: row.offset,
+            },
+        )?;
+        Ok(true)
+    }
+
+    /// A compressed sibling: the unread end of a pending row (found by its marker), a file
+    /// already read or older than the last commit (skipped), or a file born while the agent was
+    /// down (read from its head).
+    fn recover_compressed(
+        &mut self,
+        source: &Path,
+        place: &Place,
+        pending: &mut Vec<FileRow>,
+        closed: &[ClosedFile],
+        changed_since_commit: bool,
+    ) -> anyhow::Result<()> {
+        let Some(d) = self.decompress(source)? else {
+            return Ok(());
+        };
+        let size = d.meta.len();
+        let owner = pending.iter().position(|row| {
+            row.offset > 0
+                && row.marker.size > 0
+                && db::marker_matches(&d.file, row.offset, row.marker, size)
+        });
+        let (logical, offset) = match owner {
+            Some(i) => {
+                let row = pending.remove(i);
+                if let Some(db) = &self.db {
+                    db.delete(row.id)?;
+                }
+                (PathBuf::from(&row.name), row.offset)
+            }
+            None if !changed_since_commit
+                || closed.iter().any(|c| db::is_closed_file(&d.file, size, c)) =>
+            {
+                let _ = std::fs::remove_file(&d.path);
+                return Ok(());
+            }
+            None => (place.logical.clone(), 0),
+        };
+        if offset >= size {
+            let _ = std::fs::remove_file(&d.path);
+            return Ok(());
+        }
+        self.cfg
+            .metrics
+            .compressed_recovered_bytes
+            .add(size - offset);
+        tracing::info!(input = %self.cfg.metrics.name, file = %d.source.display(), offset, bytes = size - offset, "rotated and compressed while logferry was down: reading it from its compressed copy");
+        self.open_gone(logical, d.path, d.file, &d.meta, Start::New { offset })
+    }
+
+    /// Decompresses `source` (gzip or zstd) into the recovery directory, fsynced. A damaged
+    /// stream keeps what could be decompressed (logged). None for formats not read.
+    fn decompress(&self, source: &Path) -> anyhow::Result<Option<Decompressed>> {
+        let Some(dir) = &self.recovered_dir else {
+            return Ok(None);
+        };
+        let input = std::io::BufReader::new(std::fs::File::open(source)?);
+        let mut head = [0u8; 4];
+        {
+            let f = std::fs::File::open(source)?;
+            let _ = std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0);
+        }
+        let mut reader: Box<dyn std::io::Read> = if head.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::read::MultiGzDecoder::new(input))
+        } else if head == [0x28, 0xb5, 0x2f, 0xfd] {
+            Box::new(zstd::stream::read::Decoder::new(std::fs::File::open(
+                source,
+            )?)?)
+        } else {
+            tracing::warn!(input = %self.cfg.metrics.name, file = %source.display(), "compressed rotated file in a format logferry does not read (gzip and zstd are): skipped");
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir)?;
+        let name = source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = dir.join(format!(
+            "{}-{}",
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+            name
+        ));
+        let mut out = std::fs::File::create(&path)?;
+        if let Err(e) = std::io::copy(&mut reader, &mut out) {
+            tracing::warn!(input = %self.cfg.metrics.name, file = %source.display(), "compressed rotated file is damaged ({e}): reading what could be decompressed");
+        }
+        out.flush()?;
+        out.sync_all()?;
+        let file = std::fs::File::open(&path)?;
+        let meta = file.metadata()?;
+        Ok(Some(Decompressed {
+            source: source.to_path_buf(),
+            path,
+            file,
+            meta,
+        }))
+    }
+
+    /// Decompressed copies no DB row refers to any more are removed.
+    fn clear_stale_decompressed(&self) -> anyhow::Result<()> {
+        let Some(dir) = &self.recovered_dir else {
+            return Ok(());
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            let in_use =
+                std::fs::metadata(e.path()).is_ok_and(|m| self.files.contains_key(&identity(&m)));
+            if !in_use {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a row's file was last known to be: logferry's `real_name`, else the matched name with
+/// its symlink resolved, else the name itself (a Fluent Bit row).
+fn row_real_path(row: &FileRow) -> PathBuf {
+    row.real_name
+        .as_ref()
+        .map(PathBuf::from)
+        .or_else(|| std::fs::canonicalize(&row.name).ok())
+        .unwrap_or_else(|| PathBuf::from(&row.name))
+}
+
+/// The siblings a row's file may have been rotated among: the directory it was in, and the
+/// name it had under its matched path (`0.log` in `0.log.<time>`).
+fn place_of_row(row: &FileRow, real: &Path) -> Option<Place> {
+    let dir = real.parent()?.to_path_buf();
+    let base = std::fs::canonicalize(&row.name)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .or_else(|| {
+            // The matched name is gone (pod deleted): the rotated name starts with it.
+            let name = real.file_name()?.to_string_lossy().into_owned();
+            let matched = Path::new(&row.name)
+                .file_name()?
+                .to_string_lossy()
+                .into_owned();
+            Some(if name.starts_with(&matched) {
+                matched
+            } else {
+                name.split_once(".log")
+                    .map_or(name.clone(), |(b, _)| format!("{b}.log"))
+            })
+        })?;
+    Some(Place {
+        dir,
+        prefix: format!("{base}."),
+        logical: PathBuf::from(&row.name),
+    })
+}

@@ -1,0 +1,362 @@
+//! A simulated Kubernetes node, end to end with the real binary: `containers/*.log` symlinks into
+//! `pods/<ns>_<pod>_<uid>/<container>/0.log`, the kubelet's rotation (rename `0.log` to
+//! `0.log.<time>`, gzip the previous rotated file, keep 5), agents killed with -9 and restarted
+//! after the node moved on. Every line must arrive; only batches in flight at a kill may repeat.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(90);
+
+/// Union's tag, as its DaemonSet config builds it from the symlink name.
+const UNION_TAG: &str = "namespace-<namespace_name>.pod-<pod_name>.cont-<container_name>";
+const UNION_TAG_REGEX: &str = r"(?<pod_name>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)_(?<namespace_name>[^_]+)_(?<container_name>.+)-";
+
+struct Container {
+    dir: PathBuf,
+    log: PathBuf,
+    prefix: String,
+    written: usize,
+    rotations: usize,
+}
+
+impl Container {
+    /// Creates `pods/<ns>_<pod>_<uid>/<name>/0.log` and its symlink in `containers/`.
+    fn new(root: &Path, ns: &str, pod: &str, name: &str) -> Container {
+        let dir = root.join(format!("pods/{ns}_{pod}_0000-1111/{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(root.join("containers")).unwrap();
+        let log = dir.join("0.log");
+        std::fs::write(&log, "").unwrap();
+        let id = format!("{:064x}", pod.len() * 7919 + name.len());
+        std::os::unix::fs::symlink(
+            &log,
+            root.join(format!("containers/{pod}_{ns}_{name}-{id}.log")),
+        )
+        .unwrap();
+        Container {
+            dir,
+            log,
+            prefix: format!("{pod}-{name}"),
+            written: 0,
+            rotations: 0,
+        }
+    }
+
+    /// Appends `count` CRI lines `<prefix>-<n>`.
+    fn write(&mut self, count: usize) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut buf = String::new();
+        for n in self.written..self.written + count {
+            buf.push_str(&format!(
+                "2026-11-30T10:00:00.000000000Z stdout F {}-{n:08} padding to a realistic line length\n",
+                self.prefix
+            ));
+        }
+        f.write_all(buf.as_bytes()).unwrap();
+        self.written += count;
+    }
+
+    /// The kubelet's rotation: drop the oldest beyond 5, gzip the previous rotated file, rename
+    /// `0.log` to `0.log.<time>`, create a fresh `0.log`.
+    fn rotate(&mut self) {
+        let mut rotated: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().unwrap() != "0.log")
+            .collect();
+        rotated.sort();
+        while rotated.len() >= 5 {
+            std::fs::remove_file(rotated.remove(0)).unwrap();
+        }
+        for plain in rotated
+            .iter()
+            .filter(|p| p.extension().is_none_or(|e| e != "gz"))
+        {
+            let data = std::fs::read(plain).unwrap();
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&data).unwrap();
+            let gz_path = PathBuf::from(format!("{}.gz", plain.display()));
+            std::fs::write(&gz_path, gz.finish().unwrap()).unwrap();
+            std::fs::remove_file(plain).unwrap();
+        }
+        self.rotations += 1;
+        let stamp = format!("20261130-1000{:02}", self.rotations);
+        std::fs::rename(&self.log, self.dir.join(format!("0.log.{stamp}"))).unwrap();
+        std::fs::write(&self.log, "").unwrap();
+    }
+}
+
+/// Union's tail settings into per-tag files under `out/`.
+fn node_config(root: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(root.join("out")).unwrap();
+    write_config(
+        root,
+        "agent.conf",
+        &format!(
+            "[SERVICE]\n    Flush 1\n    Grace 5\n[INPUT]\n    Name tail\n    Tag {UNION_TAG}\n    Tag_Regex {UNION_TAG_REGEX}\n    Path {root}/containers/*.log\n    DB {root}/flb_kube.db\n    multiline.parser docker, cri\n    Mem_Buf_Limit 5MB\n    Skip_Long_Lines On\n    Refresh_Interval 1\n    Rotate_Wait 1\n{extra}[OUTPUT]\n    Name file\n    Match *\n    Path {root}/out\n    Format plain\n",
+            root = root.display(),
+        ),
+    )
+}
+
+/// Every `log` value written under `out/`, and the file (tag) names.
+fn shipped(root: &Path) -> (Vec<String>, Vec<String>) {
+    let mut values = Vec::new();
+    let mut tags = Vec::new();
+    for e in std::fs::read_dir(root.join("out")).unwrap().flatten() {
+        tags.push(e.file_name().to_string_lossy().to_string());
+        values.extend(log_values(&e.path()));
+    }
+    tags.sort();
+    (values, tags)
+}
+
+fn shipped_count(root: &Path) -> usize {
+    std::fs::read_dir(root.join("out"))
+        .map(|d| d.flatten().map(|e| count_lines(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// Waits until every written line arrived, then checks each container's lines and the tags.
+fn assert_complete(root: &Path, containers: &[Container]) -> usize {
+    let total: usize = containers.iter().map(|c| c.written).sum();
+    wait_until(T, "every line shipped", || shipped_count(root) >= total);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (values, tags) = shipped(root);
+    let dups: usize = containers
+        .iter()
+        .map(|c| assert_all_present(&values, &c.prefix, c.written))
+        .sum();
+    for t in &tags {
+        assert!(
+            t.starts_with("namespace-team-a.pod-") && !t.contains('/') && !t.contains("0.log"),
+            "tag built from the symlink name, not the pod path: {t}"
+        );
+    }
+    dups
+}
+
+/// Kills the agent once what was written so far is shipped and its offsets committed.
+fn kill_when_shipped(agent: &mut Agent, root: &Path, containers: &[Container]) {
+    let total: usize = containers.iter().map(|c| c.written).sum();
+    wait_until(T, "lines shipped before the kill", || {
+        shipped_count(root) >= total
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    agent.kill9();
+}
+
+#[test]
+fn symlinked_container_rotated_while_down_is_read_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut cs = vec![
+        Container::new(root, "team-a", "web-1", "app"),
+        Container::new(root, "team-a", "web-2", "sidecar"),
+    ];
+    let cfg = node_config(root, "");
+    let mut agent = Agent::start_tailing(root, &cfg);
+    for c in cs.iter_mut() {
+        c.write(2_000);
+    }
+    kill_when_shipped(&mut agent, root, &cs);
+    // While down: more lines, then a rotation; the old file's end is only in 0.log.<time>.
+    for c in cs.iter_mut() {
+        c.write(3_000);
+        c.rotate();
+        c.write(500);
+    }
+    let _agent = Agent::start(root, &cfg);
+    let dups = assert_complete(root, &cs);
+    assert_eq!(dups, 0, "offsets were committed before the kill");
+}
+
+#[test]
+fn kubelet_gzip_while_down_is_read_from_the_compressed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut cs = vec![Container::new(root, "team-a", "web-1", "app")];
+    let cfg = node_config(root, "");
+    let mut agent = Agent::start_tailing(root, &cfg);
+    cs[0].write(2_000);
+    kill_when_shipped(&mut agent, root, &cs);
+    // Three rotations while down: the unread end of the file followed at the kill, and a
+    // whole file born while down, now exist only gzipped.
+    let c = &mut cs[0];
+    c.write(3_000);
+    c.rotate();
+    c.write(4_000);
+    c.rotate();
+    c.write(1_000);
+    c.rotate();
+    c.write(700);
+    let agent = Agent::start(root, &cfg);
+    let dups = assert_complete(root, &cs);
+    assert_eq!(dups, 0);
+    assert!(
+        agent.log_text().contains("compressed"),
+        "reading from a compressed rotation is logged:\n{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn files_born_and_rotated_while_down_in_a_plain_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let log = root.join("app.log");
+    // A numbered sibling that was read long ago must not be read again.
+    append_numbered(&log, "p", 0, 1_000);
+    let cfg = write_config(
+        root,
+        "agent.conf",
+        &format!(
+            "[SERVICE]\n    Flush 1\n[INPUT]\n    Name tail\n    Path {log}\n    Tag app\n    DB {db}\n    Read_from_Head On\n    Refresh_Interval 1\n    Rotate_Wait 1\n[OUTPUT]\n    Name file\n    Match *\n    Path {out}\n    File out.jsonl\n    Format plain\n",
+            log = log.display(),
+            db = root.join("offsets.db").display(),
+            out = root.display(),
+        ),
+    );
+    let out = root.join("out.jsonl");
+    let mut agent = Agent::start_tailing(root, &cfg);
+    wait_until(T, "first lines", || count_lines(&out) >= 1_000);
+    std::fs::rename(&log, root.join("app.log.1")).unwrap();
+    append_numbered(&log, "p", 1_000, 1_000);
+    wait_until(T, "after a rotation", || count_lines(&out) >= 2_000);
+    std::thread::sleep(Duration::from_millis(2_500));
+    agent.kill9();
+    // While down: logrotate shifts the numbered files, and a file is born and rotated.
+    std::fs::rename(root.join("app.log.1"), root.join("app.log.2")).unwrap();
+    append_numbered(&log, "p", 2_000, 1_000);
+    std::fs::rename(&log, root.join("app.log.1")).unwrap();
+    append_numbered(&log, "p", 3_000, 2_000);
+    std::fs::rename(&log, root.join("app.log.0")).unwrap();
+    append_numbered(&log, "p", 5_000, 500);
+    let _agent = Agent::start(root, &cfg);
+    wait_until(T, "every line", || count_lines(&out) >= 5_500);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let dups = assert_all_present(&log_values(&out), "p", 5_500);
+    assert_eq!(dups, 0, "siblings already read are not read again");
+}
+
+#[test]
+fn last_line_without_newline_in_a_rotated_file_is_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut cs = vec![Container::new(root, "team-a", "web-1", "app")];
+    let cfg = node_config(root, "");
+    let agent = Agent::start_tailing(root, &cfg);
+    cs[0].write(100);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&cs[0].log)
+        .unwrap();
+    // The runtime died mid-line: the last line has no newline.
+    write!(
+        f,
+        "2026-11-30T10:00:00.000000000Z stdout F web-1-app-{:08} cut",
+        100
+    )
+    .unwrap();
+    drop(f);
+    cs[0].written += 1;
+    cs[0].rotate();
+    cs[0].write(0);
+    assert_eq!(assert_complete(root, &cs), 0);
+    wait_until(T, "the rotated file closed", || {
+        agent.log_text().contains("read to its end and closed")
+    });
+}
+
+#[test]
+fn an_empty_offsets_db_means_a_restart_not_a_first_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = node_config(root, "");
+    let mut agent = Agent::start_tailing(root, &cfg);
+    std::thread::sleep(Duration::from_millis(500));
+    agent.kill9();
+    assert!(root.join("flb_kube.db").exists());
+    // A container started while the agent was down: its lines are new data.
+    let mut cs = vec![Container::new(root, "team-a", "web-1", "app")];
+    cs[0].write(1_000);
+    let _agent = Agent::start(root, &cfg);
+    assert_eq!(assert_complete(root, &cs), 0);
+}
+
+#[test]
+fn a_damaged_offsets_db_is_moved_aside_and_files_are_read_from_their_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut cs = vec![Container::new(root, "team-a", "web-1", "app")];
+    cs[0].write(1_000);
+    let db = root.join("flb_kube.db");
+    std::fs::write(
+        &db,
+        b"this is not a SQLite database, it was overwritten\n".repeat(100),
+    )
+    .unwrap();
+    let cfg = node_config(root, "");
+    let agent = Agent::start(root, &cfg);
+    let dups = assert_complete(root, &cs);
+    assert_eq!(dups, 0);
+    let log = agent.log_text();
+    assert!(
+        log.contains(&db.display().to_string()) && log.contains("corrupt"),
+        "the damaged DB is named:\n{log}"
+    );
+    let aside: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("flb_kube.db.corrupt-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged DB is kept for inspection");
+
+    // With DB.On_Corrupt exit, the agent refuses to start, names the DB and exits non-zero.
+    let mut agent = agent;
+    agent.sigterm();
+    assert!(agent.wait_exit(Duration::from_secs(20)).success());
+    std::fs::write(&db, b"garbage again".repeat(100)).unwrap();
+    let strict = node_config(root, "    DB.On_Corrupt exit\n");
+    let mut agent = Agent::start(root, &strict);
+    let status = agent.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "a refused DB exits non-zero");
+    assert!(agent.log_text().contains(&db.display().to_string()));
+}
+
+#[test]
+fn an_input_that_dies_makes_the_agent_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = write_config(
+        root,
+        "agent.conf",
+        &format!(
+            "[INPUT]\n    Name tcp\n    Listen 127.0.0.1\n    Port {port}\n[INPUT]\n    Name dummy\n[OUTPUT]\n    Name null\n    Match *\n"
+        ),
+    );
+    let mut agent = Agent::start(root, &cfg);
+    let status = agent.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "exit status {status:?}");
+    assert!(
+        agent.log_text().contains(&port.to_string()),
+        "the reason names the port:\n{}",
+        agent.log_text()
+    );
+}
