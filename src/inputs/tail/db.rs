@@ -14,8 +14,8 @@
 //!   rotated while the agent was down is looked for in that directory.
 //! - `logferry_closed`: files read to their end (inode, size, hash of the last bytes), so a
 //!   rotated sibling or its gzipped copy that was already shipped is not read again.
-//! - `logferry_meta.last_commit`: when offsets were last committed; a sibling changed after it
-//!   appeared while the agent was down.
+//! - `logferry_meta.last_scan`: when the agent last finished looking at its files; a sibling
+//!   changed after it was never seen (born while the agent was down, or just before it died).
 //!
 //! A damaged DB file is moved aside (`<db>.corrupt-<unix time>`) and a fresh one started (every
 //! file is then read from its head: duplicates, never loss), or, with `DB.On_Corrupt exit`, the
@@ -28,6 +28,8 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub const MARKER_WINDOW: u64 = 32;
+/// Bytes at the start of a file that identify it by content.
+pub const HEAD_WINDOW: usize = 64;
 /// Closed-file records older than this are forgotten.
 const CLOSED_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -41,6 +43,9 @@ pub struct FileRow {
     pub offset: u64,
     pub inode: u64,
     pub marker: Marker,
+    /// Hash of the file's first [`HEAD_WINDOW`] bytes, once it had that many (logferry's
+    /// column): finds the file's compressed copy even before any offset was committed.
+    pub head: Option<u64>,
 }
 
 /// The hash of up to [`MARKER_WINDOW`] bytes before an offset.
@@ -58,7 +63,7 @@ pub struct ClosedFile {
     pub end: Marker,
 }
 
-const SELECT_ROW: &str = "SELECT id, name, offset, inode, offset_marker, offset_marker_size, real_name FROM in_tail_files";
+const SELECT_ROW: &str = "SELECT id, name, offset, inode, offset_marker, offset_marker_size, real_name, head_hash FROM in_tail_files";
 
 fn file_row(r: &rusqlite::Row) -> rusqlite::Result<FileRow> {
     let int = |i: usize| r.get::<_, Option<i64>>(i).map(|v| v.unwrap_or(0));
@@ -72,6 +77,7 @@ fn file_row(r: &rusqlite::Row) -> rusqlite::Result<FileRow> {
             size: int(5)?.max(0) as u64,
         },
         real_name: r.get(6)?,
+        head: r.get::<_, Option<i64>>(7)?.map(|h| h as u64),
     })
 }
 
@@ -89,8 +95,8 @@ pub struct OffsetsDb {
     /// The DB existed before this start: files without a row appeared while the agent was down
     /// and are read from their head.
     pub existed_before: bool,
-    /// When offsets were last committed before this start (files changed after it are new).
-    pub last_commit: Option<SystemTime>,
+    /// When the previous run last finished a scan (files changed after it were never seen).
+    pub last_scan: Option<SystemTime>,
     /// A damaged DB was moved here at this start.
     pub moved_aside: Option<PathBuf>,
 }
@@ -212,26 +218,27 @@ impl OffsetsDb {
             ("offset_marker", "INTEGER DEFAULT 0"),
             ("offset_marker_size", "INTEGER DEFAULT 0"),
             ("real_name", "TEXT"),
+            ("head_hash", "INTEGER"),
         ] {
             if !columns.iter().any(|c| c == col) {
                 conn.execute_batch(&format!("ALTER TABLE in_tail_files ADD COLUMN {col} {ty};"))?;
             }
         }
-        let last_commit: Option<i64> = conn
+        let last_scan: Option<i64> = conn
             .query_row(
-                "SELECT value FROM logferry_meta WHERE key='last_commit'",
+                "SELECT value FROM logferry_meta WHERE key='last_scan'",
                 [],
                 |r| r.get(0),
             )
             .optional()?;
         // A DB Fluent Bit wrote: it was last written when its file was.
-        let last_commit = last_commit
+        let last_scan = last_scan
             .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
             .or_else(|| std::fs::metadata(path).and_then(|m| m.modified()).ok());
         Ok(OffsetsDb {
             conn,
             existed_before: false,
-            last_commit,
+            last_scan,
             moved_aside: None,
         })
     }
@@ -265,16 +272,27 @@ impl OffsetsDb {
         offset: u64,
         inode: u64,
         marker: Marker,
+        head: Option<u64>,
     ) -> anyhow::Result<i64> {
         let created = crate::record::EventTime::now().sec;
         self.conn.execute(
-            "INSERT INTO in_tail_files (name, offset, inode, created, offset_marker, offset_marker_size, real_name) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![name, offset as i64, inode as i64, created, marker.hash as i64, marker.size as i64, real_name],
+            "INSERT INTO in_tail_files (name, offset, inode, created, offset_marker, offset_marker_size, real_name, head_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![name, offset as i64, inode as i64, created, marker.hash as i64, marker.size as i64, real_name, head.map(|h| h as i64)],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
 
-    /// Writes several offsets, and the commit time, in one transaction.
+    /// Records when a scan of the files started that has now finished.
+    pub fn record_scan(&self, started: SystemTime) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO logferry_meta (key, value) VALUES ('last_scan', ?1)",
+            )?
+            .execute(params![unix_ms(started)])?;
+        Ok(())
+    }
+
+    /// Writes several offsets in one transaction.
     pub fn update_offsets(&mut self, updates: &[(i64, u64, Marker)]) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         {
@@ -287,10 +305,20 @@ impl OffsetsDb {
                     id
                 ])?;
             }
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO logferry_meta (key, value) VALUES ('last_commit', ?1)",
-            )?
-            .execute(params![unix_ms(SystemTime::now())])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records the hash of the file's first bytes (see [`head_hash`]).
+    pub fn set_heads(&mut self, heads: &[(i64, u64)]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE in_tail_files SET head_hash=?1 WHERE id=?2")?;
+            for (id, head) in heads {
+                stmt.execute(params![*head as i64, id])?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -381,6 +409,22 @@ pub fn offset_marker(file: &std::fs::File, offset: u64) -> Marker {
         },
         Err(_) => Marker::default(),
     }
+}
+
+/// XXH3-64 of the first [`HEAD_WINDOW`] bytes, once the file has that many.
+pub fn head_hash(file: &std::fs::File) -> Option<u64> {
+    let mut buf = [0u8; HEAD_WINDOW];
+    file.read_exact_at(&mut buf, 0).ok()?;
+    Some(xxhash_rust::xxh3::xxh3_64(&buf))
+}
+
+/// Whether `file` (of `size` bytes) is the file `row` was written for: the same first bytes
+/// (when the row has them) and the row's marker before its offset. Inodes are reused as soon
+/// as a file is deleted (the kubelet deletes what it compressed), and many log lines end alike,
+/// so the marker alone is weak.
+pub fn row_fits(file: &std::fs::File, row: &FileRow, size: u64) -> bool {
+    row.head.is_none_or(|h| head_hash(file) == Some(h))
+        && marker_matches(file, row.offset, row.marker, size)
 }
 
 /// Whether `file` (of `size` bytes) holds, before `offset`, the bytes `marker` was made of.

@@ -61,6 +61,8 @@ pub struct TailedFile {
     pub presence: Presence,
     pub at_eof: bool,
     pub size: u64,
+    /// The DB row has the hash of the file's first bytes.
+    pub head_recorded: bool,
 }
 
 /// What one read produced.
@@ -117,6 +119,7 @@ impl TailedFile {
             presence: Presence::Active,
             at_eof: false,
             size,
+            head_recorded: false,
         }
     }
 

@@ -196,6 +196,11 @@ impl TailState {
             tracing::warn!(input = %state.cfg.metrics.name, path = %state.cfg.paths.join(","), cwd = %cwd.display(), "Path matches no file yet (new files are picked up as they appear)");
         }
         state.recover_at_start()?;
+        // Rows opened at their committed offset get their head hash now, not a turn later.
+        state.persist_offsets()?;
+        if let Some(db) = &state.db {
+            db.record_scan(state.last_scan)?;
+        }
         state.started = true;
         tracing::info!(input = %state.cfg.metrics.name, files = state.files.len(), "tail input started");
         Ok(state)
@@ -252,15 +257,21 @@ impl TailState {
                     continue;
                 }
             }
+            // A row for this inode is this file's only if the file still has the row's first
+            // bytes and marker: otherwise the inode was reused, and the row (whose file may
+            // survive compressed) is left for recovery.
             let stored = match &self.db {
-                Some(db) => db.find_inode(opened.1)?.map(|row| {
-                    if db::marker_matches(&file, row.offset, row.marker, meta.len()) {
-                        Start::Row { row: row.id, offset: row.offset }
-                    } else {
-                        tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), "stored offset does not fit this file (inode reused or truncated): reading from the start");
-                        Start::Row { row: row.id, offset: 0 }
+                Some(db) => match db.find_inode(opened.1)? {
+                    Some(row) if db::row_fits(&file, &row, meta.len()) => Some(Start::Row {
+                        row: row.id,
+                        offset: row.offset,
+                    }),
+                    Some(_) => {
+                        tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), "the stored offset for this inode belongs to another file (inode reused or file truncated): reading from the start");
+                        Some(Start::New { offset: 0 })
                     }
-                }),
+                    None => None,
+                },
                 None => None,
             };
             // A restart is not a first start: a file without a row appeared while the agent was
@@ -287,6 +298,11 @@ impl TailState {
         }
         self.look_for_unseen_rotations(&current)?;
         self.last_scan = scan_started;
+        if self.started {
+            if let Some(db) = &self.db {
+                db.record_scan(scan_started)?;
+            }
+        }
         Ok(())
     }
 
@@ -301,6 +317,10 @@ impl TailState {
         use std::io::Seek;
         let id = identity(meta);
         let real_path = std::fs::canonicalize(&real).unwrap_or(real);
+        // The file's first bytes identify it at a restart even if it is deleted (compressed)
+        // and its inode reused: recorded with the row, or as soon as the file has them.
+        let head = db::head_hash(&file);
+        let inserted = matches!(start, Start::New { .. });
         let (db_row, offset) = match start {
             Start::Row { row, offset } => (Some(row), offset),
             Start::New { offset } => {
@@ -311,6 +331,7 @@ impl TailState {
                         offset,
                         id.1,
                         db::offset_marker(&file, offset),
+                        head,
                     )?),
                     None => None,
                 };
@@ -322,20 +343,19 @@ impl TailState {
         tracing::debug!(input = %self.cfg.metrics.name, file = %path.display(), offset, tag = %tag, "following file");
         self.cfg.metrics.files_opened.add(1);
         let assembler = LineAssembler::new(self.cfg.mode.clone());
-        self.files.insert(
+        let mut followed = TailedFile::new(
             id,
-            TailedFile::new(
-                id,
-                db_row,
-                path,
-                real_path,
-                tag,
-                file,
-                offset,
-                meta.len(),
-                assembler,
-            ),
+            db_row,
+            path,
+            real_path,
+            tag,
+            file,
+            offset,
+            meta.len(),
+            assembler,
         );
+        followed.head_recorded = inserted && head.is_some();
+        self.files.insert(id, followed);
         self.order.push(id);
         Ok(())
     }
@@ -397,6 +417,7 @@ impl TailState {
     }
 
     fn persist_offsets(&mut self) -> anyhow::Result<()> {
+        self.record_heads()?;
         let Some(db) = &mut self.db else {
             return Ok(());
         };
@@ -450,6 +471,30 @@ impl TailState {
         self.cfg.metrics.multiline_truncated.add(truncated_joins);
         self.close_drained()?;
         self.bound_rotated()
+    }
+
+    /// Stores, once per file, the hash of its first bytes: at a restart it finds the file's
+    /// compressed copy even if no offset was committed yet.
+    fn record_heads(&mut self) -> anyhow::Result<()> {
+        let Some(db) = &mut self.db else {
+            return Ok(());
+        };
+        let mut heads = Vec::new();
+        let window = db::HEAD_WINDOW as u64;
+        for f in self
+            .files
+            .values_mut()
+            .filter(|f| !f.head_recorded && f.size >= window)
+        {
+            if let (Some(row), Some(head)) = (f.db_row, db::head_hash(&f.file)) {
+                heads.push((row, head));
+                f.head_recorded = true;
+            }
+        }
+        if !heads.is_empty() {
+            db.set_heads(&heads)?;
+        }
+        Ok(())
     }
 
     fn main_loop(&mut self) -> anyhow::Result<()> {

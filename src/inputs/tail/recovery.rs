@@ -6,11 +6,13 @@
 //!   not the symlink's directory) and read on from its offset, tagged by the name it was matched
 //!   under.
 //! - If that file is gone too, the kubelet compressed it (`0.log.<time>.gz`, done at the next
-//!   rotation): the compressed siblings are decompressed next to the DB and the one whose bytes
-//!   before the row's offset are the row's marker is read on from that offset. No other shipper
+//!   rotation): the compressed siblings are decompressed next to the DB and the one whose first
+//!   bytes are the row's head hash, or whose bytes before the row's offset are the row's marker,
+//!   is read on from that offset. No other shipper
 //!   does this; each such read is logged and its bytes counted.
-//! - Siblings not in the DB that changed after the last commit were born while the agent was
-//!   down: read from their head (compressed ones too). Siblings recorded as closed (same size,
+//! - Siblings not in the DB that changed after the previous run's last scan were never seen
+//!   (born while the agent was down, or just before it died): read from their head
+//!   (compressed ones too). Siblings recorded as closed (same size,
 //!   same last bytes) were read before and are skipped, so logrotate's renumbering or the
 //!   kubelet's compression of an already shipped file repeats nothing.
 //!
@@ -26,8 +28,8 @@ use super::file::identity;
 use super::rotation::{is_compressed, siblings};
 use super::{find_by_inode, open_same, Start, TailState};
 
-/// Clock slack when comparing a file's modification time with the last commit.
-const COMMIT_SLACK: Duration = Duration::from_secs(2);
+/// Clock slack when comparing a file's modification time with the last scan.
+const SCAN_SLACK: Duration = Duration::from_secs(2);
 
 /// A directory whose `<prefix>*` siblings belong to the matched name `logical`.
 struct Place {
@@ -54,7 +56,7 @@ impl TailState {
         }
         let rows = db.all()?;
         let closed = db.closed_files()?;
-        let since = db.last_commit.map(|t| t - COMMIT_SLACK);
+        let since = db.last_scan.map(|t| t - SCAN_SLACK);
         let tracked: HashSet<i64> = self.files.values().filter_map(|f| f.db_row).collect();
         let mut places: Vec<Place> = self
             .rotation_names
@@ -91,7 +93,7 @@ impl TailState {
                 if self.files.contains_key(&id) {
                     continue;
                 }
-                let changed_since_commit =
+                let changed_since_scan =
                     since.is_none_or(|s| meta.modified().map_or(true, |m| m >= s));
                 let Some((file, meta)) = open_same(&path, id) else {
                     continue;
@@ -100,19 +102,19 @@ impl TailState {
                     let owner_here = pending
                         .iter()
                         .any(|r| row_real_path(r).parent() == Some(place.dir.as_path()));
-                    if changed_since_commit || owner_here {
+                    if changed_since_scan || owner_here {
                         self.recover_compressed(
                             &path,
                             place,
                             &mut pending,
                             &closed,
-                            changed_since_commit,
+                            changed_since_scan,
                         )?;
                     }
                     continue;
                 }
                 let size = meta.len();
-                if !changed_since_commit
+                if !changed_since_scan
                     || closed
                         .iter()
                         .any(|c| c.inode == id.1 && db::is_closed_file(&file, size, c))
@@ -150,7 +152,7 @@ impl TailState {
         let Some((file, meta)) = open_same(&path, id) else {
             return Ok(false);
         };
-        if !db::marker_matches(&file, row.offset, row.marker, meta.len()) {
+        if !db::row_fits(&file, row, meta.len()) {
             // Another file under a reused inode: the row's file is elsewhere or gone.
             return Ok(false);
         }
@@ -182,7 +184,7 @@ impl TailState {
     }
 
     /// A compressed sibling: the unread end of a pending row (found by its marker), a file
-    /// already read or older than the last commit (skipped), or a file born while the agent was
+    /// already read or older than the last scan (skipped), or a file born while the agent was
     /// down (read from its head).
     fn recover_compressed(
         &mut self,
@@ -190,16 +192,25 @@ impl TailState {
         place: &Place,
         pending: &mut Vec<FileRow>,
         closed: &[ClosedFile],
-        changed_since_commit: bool,
+        changed_since_scan: bool,
     ) -> anyhow::Result<()> {
         let Some(d) = self.decompress(source)? else {
             return Ok(());
         };
         let size = d.meta.len();
+        let head = db::head_hash(&d.file);
+        tracing::debug!(input = %self.cfg.metrics.name, file = %source.display(), size, ?head, pending = ?pending.iter().map(|r| (r.id, r.offset, r.head, row_real_path(r))).collect::<Vec<_>>(), "compressed sibling");
+        // The row's first bytes decide when it has them; a row without them (its file was
+        // shorter, or written by Fluent Bit) is matched by its marker at a committed offset.
         let owner = pending.iter().position(|row| {
-            row.offset > 0
-                && row.marker.size > 0
-                && db::marker_matches(&d.file, row.offset, row.marker, size)
+            if row_real_path(row).parent() != Some(place.dir.as_path()) {
+                return false;
+            }
+            let same_start = match row.head {
+                Some(h) => head == Some(h),
+                None => row.offset > 0 && row.marker.size > 0,
+            };
+            same_start && db::marker_matches(&d.file, row.offset, row.marker, size)
         });
         let (logical, offset) = match owner {
             Some(i) => {
@@ -209,7 +220,7 @@ impl TailState {
                 }
                 (PathBuf::from(&row.name), row.offset)
             }
-            None if !changed_since_commit
+            None if !changed_since_scan
                 || closed.iter().any(|c| db::is_closed_file(&d.file, size, c)) =>
             {
                 let _ = std::fs::remove_file(&d.path);

@@ -48,6 +48,7 @@ pub(super) struct Parked {
     /// Acknowledged offset: reading resumes here, if the bytes before it are still `marker`.
     offset: u64,
     marker: Marker,
+    head: Option<u64>,
     size: u64,
 }
 
@@ -266,6 +267,7 @@ impl TailState {
                 tracing::info!(input = %self.cfg.metrics.name, file = %f.real_path.display(), offset = f.committed, unread = f.size.saturating_sub(f.committed), "{} rotated files open (Rotated_Files_Max {max}): closing this one until its turn", rotated.len());
                 self.parked.push_back(Parked {
                     marker: db::offset_marker(&f.file, f.committed),
+                    head: db::head_hash(&f.file),
                     path: f.path,
                     real_path: f.real_path,
                     id: f.id,
@@ -290,8 +292,8 @@ impl TailState {
     }
 
     /// Reopens a parked file where it was left, found by identity at its path or in its
-    /// directory (it may have been renamed again), if the bytes before its offset are still the
-    /// ones it had (an inode reused by another file is not that file).
+    /// directory (it may have been renamed again), if its first bytes and the bytes before its
+    /// offset are still the ones it had (an inode reused by another file is not that file).
     fn unpark(&mut self, p: Parked) -> anyhow::Result<()> {
         let found = open_same(&p.real_path, p.id)
             .map(|(file, meta)| (p.real_path.clone(), file, meta))
@@ -299,7 +301,10 @@ impl TailState {
                 let (path, _) = find_by_inode(p.real_path.parent()?, p.id.1)?;
                 open_same(&path, p.id).map(|(file, meta)| (path, file, meta))
             })
-            .filter(|(_, file, meta)| db::marker_matches(file, p.offset, p.marker, meta.len()));
+            .filter(|(_, file, meta)| {
+                db::head_hash(file) == p.head
+                    && db::marker_matches(file, p.offset, p.marker, meta.len())
+            });
         let Some((real, file, meta)) = found else {
             let lost = p.size.saturating_sub(p.offset);
             self.cfg.metrics.rotated_lost_bytes.add(lost);
