@@ -187,11 +187,16 @@ pub fn render_prometheus(r: &Registry) -> String {
         "Total number of rotated files",
         tail_rows(&|i| i.files_rotated.get() as i64),
     );
+    // The tcp input counts records over Buffer_Size here too.
     family(
         "fluentbit_input_long_line_skipped_total",
         "counter",
         "Total number of skipped long lines",
-        tail_rows(&|i| i.long_line_skipped.get() as i64),
+        tails
+            .iter()
+            .chain(r.inputs.iter().filter(|i| i.name.starts_with("tcp")))
+            .map(|i| (i.name.clone(), i.long_line_skipped.get() as i64))
+            .collect(),
     );
     family(
         "fluentbit_input_long_line_truncated_total",

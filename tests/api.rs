@@ -1,5 +1,5 @@
 //! The monitoring API and network input through the real binary: Fluent Bit's metric names,
-//! health flipping on output errors, and a tcp input that survives garbage.
+//! health flipping on output errors, and a tcp input that survives garbage and over-long records.
 
 mod common;
 
@@ -125,4 +125,56 @@ fn tcp_input_skips_garbage_and_keeps_the_connection() {
         || count_lines(&dir.path().join("o")) >= 3,
     );
     assert!(agent.log_text().contains("invalid JSON"));
+}
+
+#[test]
+fn tcp_input_drops_a_record_over_buffer_size_and_keeps_the_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, api) = (free_port(), free_port());
+    let cfg = write_config(
+        dir.path(),
+        "a.conf",
+        &format!("[SERVICE]\n    HTTP_Server On\n    HTTP_Listen 127.0.0.1\n    HTTP_Port {api}\n[INPUT]\n    Name tcp\n    Listen 127.0.0.1\n    Port {port}\n    Format none\n    Buffer_Size 1\n[OUTPUT]\n    Name file\n    Match *\n    Path {}\n    File o\n    Format plain\n", dir.path().display()),
+    );
+    let agent = Agent::start(dir.path(), &cfg);
+    let mut a = None;
+    wait_until(Duration::from_secs(10), "tcp listening", || {
+        a = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+        a.is_some()
+    });
+    let (mut a, mut b) = (
+        a.unwrap(),
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap(),
+    );
+    // Buffer_Size 1 is 1 KiB: the 100 KB record is dropped, its neighbours are not.
+    a.write_all(b"first\n").unwrap();
+    a.write_all(&vec![b'x'; 100_000]).unwrap();
+    b.write_all(b"other\n").unwrap();
+    a.write_all(b"\nafter\n").unwrap();
+    let out = dir.path().join("o");
+    wait_until(Duration::from_secs(10), "three records", || {
+        count_lines(&out) >= 3
+    });
+    let mut got = lines(&out);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            r#"{"log":"after"}"#,
+            r#"{"log":"first"}"#,
+            r#"{"log":"other"}"#
+        ]
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("dropped a 100000-byte record longer than Buffer_Size"),
+        "{}",
+        agent.log_text()
+    );
+    let (_, prom) = http_get(api, "/api/v1/metrics/prometheus").unwrap();
+    assert!(
+        prom.contains("fluentbit_input_long_line_skipped_total{name=\"tcp.0\"} 1"),
+        "{prom}"
+    );
 }

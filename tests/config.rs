@@ -181,3 +181,37 @@ fn union_configmap_tags_records_by_namespace_pod_container() {
     });
     assert!(lines(&out)[2].contains("after rotation"));
 }
+
+/// The stock parsers file through the real binary: `Parser syslog-rfc3164` (a `/regex/` with
+/// `\<`) and `Parser logfmt` give Fluent Bit's fields, not `{"log": …}`.
+#[test]
+fn stock_parsers_give_fields_for_syslog_and_logfmt_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("syslog.log"),
+        "<34>Oct 11 22:14:15 mymachine su[230]: 'su root' failed\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("app.log"), "level=info msg=\"hi there\" n=1 debug\n").unwrap();
+    let conf = format!(
+        "[SERVICE]\n    Parsers_File {stock}\n[INPUT]\n    Name tail\n    Path {d}/syslog.log\n    Tag sys\n    Read_from_Head On\n    Parser syslog-rfc3164\n[INPUT]\n    Name tail\n    Path {d}/app.log\n    Tag app\n    Read_from_Head On\n    Parser logfmt\n[OUTPUT]\n    Name file\n    Match sys\n    Path {d}\n    File sys.out\n    Format plain\n[OUTPUT]\n    Name file\n    Match app\n    Path {d}\n    File app.out\n    Format plain\n",
+        stock = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/parsers.conf"),
+        d = d.display()
+    );
+    let cfg = write_config(d, "a.conf", &conf);
+    let _agent = Agent::start(d, &cfg);
+    wait_until(Duration::from_secs(20), "both records", || {
+        count_lines(&d.join("sys.out")) >= 1 && count_lines(&d.join("app.out")) >= 1
+    });
+    assert_eq!(
+        lines(&d.join("sys.out")),
+        vec![
+            r#"{"pri":"34","time":"Oct 11 22:14:15","host":"mymachine","ident":"su","pid":"230","message":"'su root' failed"}"#
+        ]
+    );
+    assert_eq!(
+        lines(&d.join("app.out")),
+        vec![r#"{"level":"info","msg":"hi there","n":"1","debug":true}"#]
+    );
+}

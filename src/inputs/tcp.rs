@@ -1,11 +1,18 @@
 //! `tcp`: newline-separated JSON objects (`Format json`) or raw lines (`Format none`, key `log`)
 //! from TCP clients. Bad JSON is reported with the peer and skipped; the connection stays open.
 //! While the byte budget is full the input stops reading sockets — it never closes them.
+//!
+//! Memory per connection is bounded by `Buffer_Size` (Fluent Bit's meaning: the largest record,
+//! in KiB when written as a plain number; default `Chunk_Size`, 32 KiB; the buffer grows by
+//! `Chunk_Size`). A record that does not fit is dropped up to its separator, counted in
+//! `fluentbit_input_long_line_skipped_total` and logged with the peer and its size; the
+//! connection and the records after it are kept (Fluent Bit closes the connection instead, losing
+//! whatever else it had buffered). Each byte is searched for a separator once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -14,6 +21,94 @@ use crate::config::{ConfigError, Props};
 use crate::engine::metrics::InputMetrics;
 use crate::engine::{Dispatcher, MemBudget};
 use crate::record::{Event, EventTime, Map, Value};
+
+/// A connection's bytes cut into records at the separator, holding at most `max` bytes.
+struct Framer<'a> {
+    buf: BytesMut,
+    /// Bytes at the start of `buf` already searched for a separator.
+    scanned: usize,
+    /// While a record longer than `max` is being skipped: its bytes dropped so far.
+    dropping: Option<u64>,
+    max: usize,
+    chunk: usize,
+    sep: &'a [u8],
+}
+
+/// What [`Framer::split`] did with an over-long record.
+#[derive(Debug, PartialEq)]
+enum Oversize {
+    /// The buffer filled without a separator: the record is being dropped.
+    Started,
+    /// Its end was reached (separator or end of stream): this many bytes were dropped.
+    Ended(u64),
+}
+
+impl<'a> Framer<'a> {
+    fn new(max: usize, chunk: usize, sep: &'a [u8]) -> Self {
+        Framer {
+            buf: BytesMut::new(),
+            scanned: 0,
+            dropping: None,
+            max: max.max(sep.len() + 1),
+            chunk: chunk.max(1),
+            sep,
+        }
+    }
+
+    /// How many bytes the next read may add; never 0 (a full buffer is dropped by `split`).
+    fn room(&self) -> usize {
+        self.max - self.buf.len()
+    }
+
+    /// The buffer to read into, with up to `Chunk_Size` (never more than [`Framer::room`]) free.
+    fn spare(&mut self) -> &mut BytesMut {
+        let want = self.chunk.min(self.room());
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want);
+        }
+        &mut self.buf
+    }
+
+    /// Moves complete records to `out`; at the end of the stream (`eof`) the rest is the last
+    /// record. Over-long records are dropped and reported in `oversize`.
+    fn split(&mut self, eof: bool, out: &mut Vec<Bytes>, oversize: &mut Vec<Oversize>) {
+        loop {
+            let from = self.scanned.saturating_sub(self.sep.len() - 1);
+            let Some(i) = memchr::memmem::find(&self.buf[from..], self.sep) else {
+                break;
+            };
+            let line = self.buf.split_to(from + i).freeze();
+            self.buf.advance(self.sep.len());
+            self.scanned = 0;
+            match self.dropping.take() {
+                Some(dropped) => oversize.push(Oversize::Ended(dropped + line.len() as u64)),
+                None => out.push(line),
+            }
+        }
+        self.scanned = self.buf.len();
+        if eof {
+            let rest = self.buf.split().freeze();
+            self.scanned = 0;
+            match self.dropping.take() {
+                Some(dropped) => oversize.push(Oversize::Ended(dropped + rest.len() as u64)),
+                None if !rest.is_empty() => out.push(rest),
+                None => {}
+            }
+        } else if self.buf.len() >= self.max {
+            // Keep a possible partial separator at the end; drop the rest of the record.
+            let drop = self.buf.len() - (self.sep.len() - 1);
+            self.buf.advance(drop);
+            self.scanned = self.buf.len();
+            match &mut self.dropping {
+                Some(dropped) => *dropped += drop as u64,
+                None => {
+                    self.dropping = Some(drop as u64);
+                    oversize.push(Oversize::Started);
+                }
+            }
+        }
+    }
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum TcpFormat {
@@ -29,6 +124,27 @@ pub struct Tcp {
     format: TcpFormat,
     separator: Vec<u8>,
     buffer_size: usize,
+    chunk_size: usize,
+}
+
+/// `Buffer_Size`/`Chunk_Size`: a plain number is KiB (Fluent Bit reads these with `atoi() * 1024`);
+/// a number with a unit (`64k`, `1M`) is that size.
+fn kib_size(p: &Props, key: &str, default: usize) -> Result<usize, ConfigError> {
+    let Some(prop) = p.prop(key) else {
+        return Ok(default);
+    };
+    let v = prop.value.trim();
+    let bytes = match v.parse::<u64>() {
+        Ok(kib) => kib.checked_mul(1024),
+        Err(_) => crate::config::units::parse_size(v),
+    };
+    match bytes {
+        Some(b) if (1024..=1 << 30).contains(&b) => Ok(b as usize),
+        _ => Err(ConfigError::key(
+            prop,
+            format!("'{v}' is not a size between 1 KiB and 1 GiB (e.g. 32 for 32 KiB, or 64k)"),
+        )),
+    }
 }
 
 impl Tcp {
@@ -59,6 +175,7 @@ impl Tcp {
             .replace("\\r", "\r")
             .replace("\\t", "\t")
             .into_bytes();
+        let chunk_size = kib_size(p, "chunk_size", 32 * 1024)?;
         Ok(Tcp {
             metrics,
             tag: Arc::from(tag),
@@ -66,7 +183,8 @@ impl Tcp {
             port,
             format,
             separator,
-            buffer_size: p.size("buffer_size", 32_768)?.max(1024) as usize,
+            buffer_size: kib_size(p, "buffer_size", chunk_size)?,
+            chunk_size,
         })
     }
 
@@ -124,32 +242,36 @@ impl Tcp {
         budget: Arc<MemBudget>,
         stop: Arc<std::sync::atomic::AtomicBool>,
     ) {
-        let mut buf = BytesMut::with_capacity(self.buffer_size);
+        let mut framer = Framer::new(self.buffer_size, self.chunk_size, &self.separator);
+        let mut lines = Vec::new();
+        let mut oversize = Vec::new();
         loop {
             while budget.is_full() && !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(self.buffer_size);
-            }
-            let n = match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => 0,
-                Ok(n) => n,
-            };
-            let mut events = Vec::new();
-            let mut bytes = 0u64;
-            let sep = &self.separator;
-            while let Some(pos) = memchr::memmem::find(&buf, sep) {
-                let line = buf.split_to(pos).freeze();
-                let _ = buf.split_to(sep.len());
-                bytes += (line.len() + sep.len()) as u64;
-                if let Some(e) = self.record(line, &peer) {
-                    events.push(e);
+            let room = framer.room() as u64;
+            // A read error ends the connection like an orderly close.
+            let n = (&mut stream)
+                .take(room)
+                .read_buf(framer.spare())
+                .await
+                .unwrap_or_default();
+            framer.split(n == 0, &mut lines, &mut oversize);
+            for o in oversize.drain(..) {
+                match o {
+                    Oversize::Started => {
+                        self.metrics.long_line_skipped.add(1);
+                        tracing::warn!(input = %self.metrics.name, %peer, buffer_size = self.buffer_size, "a record is longer than Buffer_Size; dropping it up to its separator");
+                    }
+                    Oversize::Ended(bytes) => {
+                        tracing::warn!(input = %self.metrics.name, %peer, "dropped a {bytes}-byte record longer than Buffer_Size");
+                    }
                 }
             }
-            if n == 0 && !buf.is_empty() {
-                let line = buf.split().freeze();
-                bytes += line.len() as u64;
+            let mut events = Vec::with_capacity(lines.len());
+            let mut bytes = 0u64;
+            for line in lines.drain(..) {
+                bytes += (line.len() + self.separator.len()) as u64;
                 if let Some(e) = self.record(line, &peer) {
                     events.push(e);
                 }
@@ -196,5 +318,66 @@ impl Tcp {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(f: &mut Framer, data: &[u8], eof: bool) -> (Vec<Bytes>, Vec<Oversize>) {
+        let (mut out, mut over) = (Vec::new(), Vec::new());
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = f.room().min(rest.len());
+            f.spare().extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            f.split(false, &mut out, &mut over);
+        }
+        if eof {
+            f.split(true, &mut out, &mut over);
+        }
+        (out, over)
+    }
+
+    #[test]
+    fn framer_bounds_the_buffer_and_drops_only_the_long_record() {
+        let mut f = Framer::new(16, 4, b"\n");
+        let (out, over) = feed(&mut f, b"short\n0123456789abcdefghijXYZ\nafter\nta", false);
+        assert_eq!(out, vec![Bytes::from("short"), Bytes::from("after")]);
+        assert_eq!(over, vec![Oversize::Started, Oversize::Ended(23)]);
+        assert!(f.buf.len() <= 16);
+        let (out, over) = feed(&mut f, b"il", true);
+        assert_eq!(out, vec![Bytes::from("tail")]);
+        assert!(over.is_empty());
+    }
+
+    #[test]
+    fn framer_finds_a_separator_split_across_reads_without_rescanning() {
+        let mut f = Framer::new(1024, 8, b"\r\n");
+        let (out, _) = feed(&mut f, b"abc\r", false);
+        assert!(out.is_empty());
+        assert_eq!(f.scanned, 4);
+        let (out, _) = feed(&mut f, b"\ndef", false);
+        assert_eq!(out, vec![Bytes::from("abc")]);
+        // An over-long record still ending in a partial separator keeps it.
+        let mut f = Framer::new(4, 4, b"\r\n");
+        let (out, over) = feed(&mut f, b"123456\r\nok\r\n", true);
+        assert_eq!(out, vec![Bytes::from("ok")]);
+        assert_eq!(over, vec![Oversize::Started, Oversize::Ended(6)]);
+    }
+
+    #[test]
+    fn sizes_are_kib_unless_a_unit_is_given() {
+        let doc = crate::config::classic::parse_str(
+            "t.conf",
+            "[INPUT]\n    Name tcp\n    Buffer_Size 64\n    Chunk_Size 8k\n[INPUT]\n    Name tcp\n    Buffer_Size 0\n",
+        )
+        .unwrap();
+        let p = Props::new(&doc.sections[0]);
+        assert_eq!(kib_size(&p, "buffer_size", 0).unwrap(), 65_536);
+        assert_eq!(kib_size(&p, "chunk_size", 0).unwrap(), 8_000);
+        let p = Props::new(&doc.sections[1]);
+        assert!(kib_size(&p, "buffer_size", 0).is_err());
     }
 }

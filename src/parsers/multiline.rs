@@ -58,7 +58,7 @@ impl RuleSet {
                     "a rule is three quoted fields: \"state\" \"/regex/\" \"next_state\"",
                 ));
             }
-            let pattern = Pattern::new_slashed(&parts[1]).map_err(|e| ConfigError::key(r, e))?;
+            let pattern = Pattern::new(&parts[1]).map_err(|e| ConfigError::key(r, e))?;
             rules.push((parts[0].clone(), pattern, parts[2].clone()));
         }
         if !rules.iter().any(|r| r.0 == "start_state") {
