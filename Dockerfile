@@ -1,6 +1,10 @@
-# logferry as a drop-in for the Fluent Bit image: binary at /fluent-bit/bin/fluent-bit, stock
-# parsers at /fluent-bit/etc/parsers.conf (charts reference both paths).
-FROM rust:1-bookworm AS build
+# logferry as a drop-in for the Fluent Bit image: the binary at /fluent-bit/bin/fluent-bit, the
+# stock parsers at /fluent-bit/etc/parsers.conf and a default config at
+# /fluent-bit/etc/fluent-bit.conf (conf/fluent-bit.conf: tail /var/log/containers/*.log → stdout).
+# Charts reference these paths and mount their own fluent-bit.conf over the default.
+#   docker build -t logferry . && docker run -v /var/log:/var/log logferry
+
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin logferry
@@ -8,7 +12,7 @@ RUN cargo build --release --locked --bin logferry
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/logferry /fluent-bit/bin/fluent-bit
-COPY conf/parsers.conf /fluent-bit/etc/parsers.conf
+COPY conf/parsers.conf conf/fluent-bit.conf /fluent-bit/etc/
 EXPOSE 2020
 ENTRYPOINT ["/fluent-bit/bin/fluent-bit"]
 CMD ["-c", "/fluent-bit/etc/fluent-bit.conf"]

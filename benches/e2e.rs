@@ -9,6 +9,10 @@
 //!
 //! `cargo bench --bench e2e` (env: `E2E_BYTES` input size, default 1073741824; `E2E_DIR` work
 //! directory, default `target/e2e`; `E2E_ONLY` runs the cases whose name contains it). MB = 10^6 bytes of the raw CRI file.
+//!
+//! The `bench` profile inherits `release`, whose binary is stripped. To look inside a run with
+//! `perf record` or a flamegraph, use the `profiling` profile (release code, symbols and line
+//! tables): `cargo bench --profile profiling --bench e2e`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

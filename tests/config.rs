@@ -64,6 +64,40 @@ fn each_config_error_names_file_line_and_key() {
 }
 
 #[test]
+fn huge_negative_and_non_finite_durations_and_sizes_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let tail = |key_value: &str| {
+        format!("[INPUT]\n    Name tail\n    Path /x\n    {key_value}\n[OUTPUT]\n    Name null\n    Match *\n")
+    };
+    let cases: Vec<(String, &str)> = vec![
+        ("[SERVICE]\n    Flush 1e30\n[INPUT]\n    Name dummy\n[OUTPUT]\n    Name null\n    Match *\n".into(), "huge.conf:2: key 'Flush': '1e30' is too long"),
+        ("[SERVICE]\n    Flush NaN\n[INPUT]\n    Name dummy\n[OUTPUT]\n    Name null\n    Match *\n".into(), "huge.conf:2: key 'Flush': 'NaN' is not a finite number"),
+        ("[SERVICE]\n    Grace 1e30\n[INPUT]\n    Name dummy\n[OUTPUT]\n    Name null\n    Match *\n".into(), "huge.conf:2: key 'Grace'"),
+        (tail("Refresh_Interval 99999999999999999999"), "huge.conf:4: key 'Refresh_Interval': '99999999999999999999' is too long"),
+        (tail("Rotate_Wait -5"), "huge.conf:4: key 'Rotate_Wait': '-5' is negative"),
+        (tail("Ignore_Older inf"), "huge.conf:4: key 'Ignore_Older': 'inf' is not a finite number"),
+        (tail("Refresh_Interval 1e300d"), "huge.conf:4: key 'Refresh_Interval': '1e300d' is too long"),
+        (tail("Buffer_Max_Size 99999999999T"), "huge.conf:4: key 'Buffer_Max_Size': '99999999999T' is not a size"),
+        (tail("Buffer_Max_Size 99999999999G"), "huge.conf:4: key 'Buffer_Max_Size': '99999999999G' is too large"),
+        (tail("Buffer_Chunk_Size -32k"), "huge.conf:4: key 'Buffer_Chunk_Size': '-32k' is negative"),
+        (tail("Mem_Buf_Limit 99999999999999999999"), "huge.conf:4: key 'Mem_Buf_Limit': '99999999999999999999' is too large"),
+        (format!("[INPUT]\n    Name dummy\n[OUTPUT]\n    Name s3\n    Match *\n    bucket b\n    store_dir {}\n    upload_timeout 1e30m\n", dir.path().join("spool").display()), "huge.conf:8: key 'upload_timeout': '1e30m' is too long"),
+    ];
+    for (text, expected) in &cases {
+        let (ok, out) = dry_run(&write_config(dir.path(), "huge.conf", text));
+        assert!(!ok, "should fail: {text}");
+        assert!(
+            !out.contains("panicked"),
+            "panic for config:\n{text}\n{out}"
+        );
+        assert!(
+            out.contains(expected),
+            "for config:\n{text}\nexpected '{expected}' in:\n{out}"
+        );
+    }
+}
+
+#[test]
 fn include_cycles_are_errors_naming_the_include_line() {
     let dir = tempfile::tempdir().unwrap();
     write_config(

@@ -299,21 +299,14 @@ impl<'a> Props<'a> {
     pub fn size(&self, key: &str, default: u64) -> Result<u64, ConfigError> {
         match self.prop(key) {
             None => Ok(default),
-            Some(p) => units::parse_size(&p.value).ok_or_else(|| {
-                ConfigError::key(p, format!("'{}' is not a size (e.g. 32k, 5M, 1G)", p.value))
-            }),
+            Some(p) => units::size(&p.value).map_err(|reason| ConfigError::key(p, reason)),
         }
     }
 
     pub fn duration(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
         match self.prop(key) {
             None => Ok(default),
-            Some(p) => units::parse_duration(&p.value).ok_or_else(|| {
-                ConfigError::key(
-                    p,
-                    format!("'{}' is not a time (e.g. 5, 10s, 1m, 2h)", p.value),
-                )
-            }),
+            Some(p) => units::duration(&p.value).map_err(|reason| ConfigError::key(p, reason)),
         }
     }
 
