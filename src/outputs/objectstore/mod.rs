@@ -212,9 +212,10 @@ impl ObjectStoreOutput {
             tracing::info!(output = %self.name, dir = %dir.display(), chunks = recovery.chunks.len(), open_buffers = recovery.open_buffers, bytes = spool.used(), orphans = recovery.orphans, damaged_bytes = recovery.damaged_bytes, "resuming spooled data from a previous run");
         }
         if let Some(free) = free_space(&dir) {
-            let needed = self.limit.saturating_sub(spool.used());
-            if self.limit == 0 || free < needed {
-                tracing::warn!(output = %self.name, dir = %dir.display(), free_bytes = free, store_dir_limit_size = self.limit, "the spool may fill the disk before store_dir_limit_size: lower it or free space");
+            if self.limit == 0 {
+                tracing::warn!(output = %self.name, dir = %dir.display(), free_bytes = free, "store_dir_limit_size 0: the spool is unbounded and may fill this disk during an outage");
+            } else if free < self.limit.saturating_sub(spool.used()) {
+                tracing::warn!(output = %self.name, dir = %dir.display(), free_bytes = free, store_dir_limit_size = self.limit, "less free disk space than store_dir_limit_size: the disk may fill before the spool does");
             }
         }
         let store = spec.build().await;
