@@ -1,8 +1,8 @@
 //! The monitoring API on Fluent Bit's paths, so probes, dashboards and alerts keep working:
 //! `/`, `/api/v1/uptime`, `/api/v1/health`, `/api/v2/health`, `/api/v1/metrics`,
 //! `/api/v1/metrics/prometheus`, `/api/v2/metrics/prometheus` (Fluent Bit metric names, plus
-//! logferry's own `logferry_input_lag_bytes`, `logferry_input_files_tracked` and the parked
-//! rotated files).
+//! logferry's own `logferry_input_lag_bytes`, `logferry_input_files_tracked`, the parked
+//! rotated files, and the object-store outputs' uploads and spools).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -58,8 +58,10 @@ async fn uptime(State(r): State<Arc<Registry>>) -> impl IntoResponse {
     }))
 }
 
+/// Fluent Bit's rule (errors and retry failures within `HC_Period`, when `Health_Check` is on),
+/// and, always, no object store refusing its output permanently (credentials, bucket).
 fn healthy(r: &Registry) -> bool {
-    !r.health_check || r.health.healthy()
+    (!r.health_check || r.health.healthy()) && r.outputs.iter().all(|o| o.store_failing.get() == 0)
 }
 
 async fn health_v1(State(r): State<Arc<Registry>>) -> Response {
@@ -319,6 +321,54 @@ pub fn render_prometheus(r: &Registry) -> String {
         "counter",
         "Number of retried records.",
         outs(&|o| o.retried_records.get() as i64),
+    );
+    let stores: Vec<_> = r
+        .outputs
+        .iter()
+        .filter(|o| o.is_object_store())
+        .cloned()
+        .collect();
+    let store_rows = |f: &dyn Fn(&crate::engine::metrics::OutputMetrics) -> i64| {
+        stores
+            .iter()
+            .map(|o| (o.name.clone(), f(o)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "logferry_output_uploaded_records_total",
+        "counter",
+        "Records the object store confirmed.",
+        store_rows(&|o| o.uploaded_records.get() as i64),
+    );
+    family(
+        "logferry_output_uploaded_bytes_total",
+        "counter",
+        "Bytes (as stored, after compression) the object store confirmed.",
+        store_rows(&|o| o.uploaded_bytes.get() as i64),
+    );
+    family(
+        "logferry_output_spool_bytes",
+        "gauge",
+        "Bytes held in the output's spool (store_dir).",
+        store_rows(&|o| o.spool_bytes.get()),
+    );
+    family(
+        "logferry_output_spool_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest spooled data not yet uploaded.",
+        store_rows(&|o| o.spool_oldest_age.get()),
+    );
+    family(
+        "logferry_output_spool_damaged_bytes_total",
+        "counter",
+        "Bytes cut from damaged spool chunks at recovery.",
+        store_rows(&|o| o.spool_damaged_bytes.get() as i64),
+    );
+    family(
+        "logferry_output_store_failing",
+        "gauge",
+        "1 while the object store refuses the output permanently (credentials, permissions, bucket).",
+        store_rows(&|o| o.store_failing.get()),
     );
     let _ = writeln!(out, "# HELP fluentbit_uptime Number of seconds that Fluent Bit has been running.\n# TYPE fluentbit_uptime counter\nfluentbit_uptime {}", r.started.elapsed().as_secs());
     let _ = writeln!(out, "# HELP fluentbit_process_start_time_seconds Start time of the process since unix epoch in seconds.\n# TYPE fluentbit_process_start_time_seconds gauge\nfluentbit_process_start_time_seconds {}", r.started_unix);

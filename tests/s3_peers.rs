@@ -357,8 +357,10 @@ print(key["AccessKeyId"], key["SecretAccessKey"], role, "ext-" + n, "cross-accou
     });
     // Without the role, the same user cannot write: the upload fails and the data stays spooled.
     let (_dir2, agent2) = as_user("y", 10, "    s3_key_format /denied/$TAG\n");
+    // A permanent refusal: logged at once as such.
     wait_until(T, "access denied without the role", || {
-        agent2.log_text().contains("upload failed")
+        let log = agent2.log_text();
+        log.contains("upload refused") && log.contains("AccessDenied")
     });
     assert!(list_keys(&admin, bucket, "denied/").is_empty());
     // A wrong external_id: the role's trust refuses it; the error names the role and that
@@ -634,5 +636,119 @@ fn imdsv2_instance_profile() {
     assert_eq!(
         requests.first().map(String::as_str),
         Some("PUT /latest/api/token")
+    );
+}
+
+/// Issue 2.3: a multipart upload whose id the server no longer accepts (s3s-fs answers 403
+/// AccessDenied for an aborted id, as S3 answers 404 NoSuchUpload) is restarted from the spool
+/// instead of being retried forever.
+#[test]
+fn a_refused_upload_id_restarts_the_upload_from_the_spool() {
+    let p = Peers::get();
+    let client = p.s3s();
+    let bucket = bucket_name("refused");
+    create_bucket(&client, &bucket);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("containers")).unwrap();
+    let log = dir.path().join("containers").join(POD_LOG);
+    cri_lines(&log, "x", 0, 300_000); // ~36 MB: several parts
+    let cfg = union_config(
+        dir.path(),
+        p.var("S3S_ENDPOINT"),
+        &bucket,
+        "    total_file_size 100M\n    upload_timeout 1m\n    static_file_mode overwrite\n",
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[SERVICE]\n",
+        "[SERVICE]\n    scheduler.base 1\n    scheduler.cap 1\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let sealed = dir.path().join(format!("spool/{bucket}/sealed"));
+    let state = || {
+        std::fs::read_dir(&sealed).ok()?.flatten().find_map(|e| {
+            let path = e.path();
+            if path.extension()? != "state" {
+                return None;
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+            (!v["parts"].as_array()?.is_empty()).then_some(v)
+        })
+    };
+    let mut agent = s3s_agent(&p, dir.path(), &cfg, p.var("S3S_SECRET_KEY"));
+    let open = dir.path().join(format!("spool/{bucket}/open"));
+    wait_until(T, "whole file spooled", || spooled_lines(&open) >= 300_000);
+    agent.sigterm();
+    wait_until(T, "a part uploaded", || state().is_some());
+    agent.kill9();
+    assert_eq!(
+        object_size(&client, &bucket, KEY),
+        0,
+        "not complete before the kill"
+    );
+    let s = state().unwrap();
+    common::peers::block_on(async {
+        client
+            .abort_multipart_upload()
+            .bucket(&bucket)
+            .key(s["key"].as_str().unwrap())
+            .upload_id(s["upload_id"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+    });
+    let mut agent = s3s_agent(&p, dir.path(), &cfg, p.var("S3S_SECRET_KEY"));
+    wait_until(T, "object uploaded again", || {
+        object_size(&client, &bucket, KEY) > 0
+    });
+    agent.sigterm();
+    agent.wait_exit(T);
+    let logs = object_logs(&get_object(&client, &bucket, KEY).unwrap());
+    assert_eq!(assert_all_present(&logs, "x", 300_000), 0);
+    assert!(
+        agent.log_text().contains("no longer accepts the upload"),
+        "{}",
+        agent.log_text()
+    );
+}
+
+/// Issue 2.5 and section 4: a permanent error (the bucket does not exist) is reported at start,
+/// naming bucket, endpoint and identity, fails health, and keeps the data until it is fixed.
+#[test]
+fn a_missing_bucket_is_reported_at_once_fails_health_and_keeps_the_data() {
+    let p = Peers::get();
+    let client = p.s3s();
+    let bucket = bucket_name("missing");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("containers")).unwrap();
+    let log = dir.path().join("containers").join(POD_LOG);
+    cri_lines(&log, "n", 0, 300);
+    let api = free_port();
+    let cfg = union_config(dir.path(), p.var("S3S_ENDPOINT"), &bucket, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[SERVICE]\n", &format!("[SERVICE]\n    HTTP_Server On\n    HTTP_Listen 127.0.0.1\n    HTTP_Port {api}\n    scheduler.base 1\n    scheduler.cap 1\n"));
+    std::fs::write(&cfg, text).unwrap();
+    let agent = s3s_agent(&p, dir.path(), &cfg, p.var("S3S_SECRET_KEY"));
+    wait_until(T, "bucket reported", || {
+        let t = agent.log_text();
+        t.contains("NoSuchBucket") && t.contains(&bucket) && t.contains(p.var("S3S_ENDPOINT"))
+    });
+    wait_until(T, "health fails", || {
+        http_get(api, "/api/v1/health").is_some_and(|r| r.0 == 500)
+    });
+    assert!(!agent.log_text().contains(p.var("S3S_SECRET_KEY")));
+    create_bucket(&client, &bucket);
+    wait_until(T, "uploaded once the bucket exists", || {
+        get_object(&client, &bucket, KEY).is_some_and(|b| object_logs(&b).len() >= 300)
+    });
+    wait_until(T, "health recovers", || {
+        http_get(api, "/api/v1/health").is_some_and(|r| r.0 == 200)
+    });
+    assert_eq!(
+        assert_all_present(
+            &object_logs(&get_object(&client, &bucket, KEY).unwrap()),
+            "n",
+            300
+        ),
+        0
     );
 }

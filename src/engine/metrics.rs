@@ -80,6 +80,23 @@ pub struct OutputMetrics {
     /// logferry: records and (stored, possibly compressed) bytes confirmed by an object store.
     pub uploaded_records: Counter,
     pub uploaded_bytes: Counter,
+    /// logferry: bytes held by an object-store output's spool, and the age in seconds of the
+    /// oldest of them.
+    pub spool_bytes: Gauge,
+    pub spool_oldest_age: Gauge,
+    /// logferry: bytes cut from damaged spool chunks at recovery (torn last records).
+    pub spool_damaged_bytes: Counter,
+    /// logferry: 1 while the output's store refuses it permanently (credentials, permissions,
+    /// a missing bucket); health fails while any output reports it.
+    pub store_failing: Gauge,
+    /// Set by object-store outputs at start: their upload and spool series are exported.
+    pub object_store: std::sync::atomic::AtomicBool,
+}
+
+impl OutputMetrics {
+    pub fn is_object_store(&self) -> bool {
+        self.object_store.load(Ordering::Relaxed)
+    }
 }
 
 /// Error and retry-failure events over the last `HC_Period`, for the health endpoints.

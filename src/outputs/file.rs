@@ -144,29 +144,32 @@ impl FileOut {
 
 /// Truncates an unterminated last line (left by a crash mid-write) back to the last newline.
 pub(crate) fn cut_torn_tail(f: &File, path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
     let len = f.metadata()?.len();
-    if len == 0 {
-        return Ok(());
+    let keep = complete_lines_len(f)?;
+    if keep < len {
+        if keep == 0 {
+            tracing::warn!(file = %path.display(), bytes = len, "file holds no complete line: cutting it (its records are written again)");
+        } else {
+            tracing::warn!(file = %path.display(), bytes = len - keep, "cutting an unterminated last line left by an interrupted write (its records are written again)");
+        }
+        f.set_len(keep)?;
     }
-    let mut end = len;
+    Ok(())
+}
+
+/// The length of `f` up to and including its last newline (0 when it holds none).
+pub(crate) fn complete_lines_len(f: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut end = f.metadata()?.len();
     let mut block = vec![0u8; 64 * 1024];
-    loop {
+    while end > 0 {
         let start = end.saturating_sub(block.len() as u64);
         let chunk = &mut block[..(end - start) as usize];
         f.read_exact_at(chunk, start)?;
         if let Some(i) = memchr::memrchr(b'\n', chunk) {
-            let keep = start + i as u64 + 1;
-            if keep < len {
-                tracing::warn!(file = %path.display(), bytes = len - keep, "cutting an unterminated last line left by an interrupted write (its records are written again)");
-                f.set_len(keep)?;
-            }
-            return Ok(());
-        }
-        if start == 0 {
-            tracing::warn!(file = %path.display(), bytes = len, "file holds no complete line: cutting it (its records are written again)");
-            return f.set_len(0);
+            return Ok(start + i as u64 + 1);
         }
         end = start;
     }
+    Ok(0)
 }

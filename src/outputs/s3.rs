@@ -5,7 +5,14 @@
 //! Difference from Fluent Bit, on purpose: with `static_file_path true` and a key without
 //! `$UUID`/`$INDEX`/time fields (Union's `/persisted-logs/$TAG`), each upload **appends** to the
 //! object instead of replacing it (`static_file_mode append`, the default); `static_file_mode
-//! overwrite` restores Fluent Bit's behaviour.
+//! overwrite` restores Fluent Bit's behaviour. Keys without `$UUID`/`$INDEX` get Fluent Bit's
+//! `-object<8 random>` suffix on every upload path (Fluent Bit adds it to PutObject only, so two
+//! of its multipart uploads in the same second replace each other), and new objects are created
+//! with `If-None-Match: *`, so nothing is replaced silently.
+//!
+//! Spool: `store_dir` (default `[SERVICE] storage.path/<instance>`, else `/var/lib/logferry` or
+//! `~/.local/state/logferry`), bounded by `store_dir_limit_size`, **2G by default** (Fluent Bit:
+//! unlimited; `0` lifts the bound).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,23 +21,13 @@ use super::format::DateKey;
 use super::objectstore::compress::Compression;
 use super::objectstore::key::KeyFormat;
 use super::objectstore::store::{PutOptions, MIN_PART};
-use super::objectstore::{BodyFormat, ObjectStoreOutput, StoreSpec, UploadSettings};
+use super::objectstore::{
+    BodyFormat, ObjectStoreOutput, SpoolDir, StoreSpec, UploadSettings, DEFAULT_SPOOL_LIMIT,
+};
 use super::Backoff;
 use crate::cloud::aws::{with_scheme, AwsIdentity};
 use crate::config::{ConfigError, Props};
 use crate::json::DateFormat;
-
-/// Where spools live when neither `store_dir` nor `[SERVICE] storage.path` is set (not `/tmp`:
-/// a spool must survive restarts).
-fn default_state_dir() -> PathBuf {
-    let system = PathBuf::from("/var/lib/logferry");
-    if std::fs::create_dir_all(&system).is_ok() {
-        return system;
-    }
-    std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".local/state/logferry"))
-        .unwrap_or_else(|| PathBuf::from(".logferry-state"))
-}
 
 pub fn build(
     p: &Props,
@@ -131,32 +128,30 @@ pub fn build(
             options,
         },
     };
-    let store_dir = match p.str("store_dir") {
-        Some(d) => PathBuf::from(d),
-        None => storage_path
-            .map(|s| PathBuf::from(s).join(instance))
-            .unwrap_or_else(|| default_state_dir().join(instance)),
+    // Resolved and created at start, so `--dry-run` writes nothing.
+    let spool_dir = match p.str("store_dir") {
+        Some(d) => SpoolDir {
+            base: Some(PathBuf::from(d)),
+            sub: PathBuf::from(&bucket),
+        },
+        None => SpoolDir {
+            base: storage_path.map(PathBuf::from),
+            sub: PathBuf::from(instance).join(&bucket),
+        },
     };
-    let limit = p.size("store_dir_limit_size", 0)?;
+    let limit = p.size("store_dir_limit_size", DEFAULT_SPOOL_LIMIT)?;
     p.accept(&[
         "preserve_data_ordering",
         "auto_retry_requests",
         "retry_exhausted_action",
         "workers",
     ]);
-    let spool_dir = store_dir.join(&bucket);
-    ObjectStoreOutput::new(
+    Ok(ObjectStoreOutput::new(
         instance.to_string(),
-        spool_dir.clone(),
+        spool_dir,
         limit,
         body,
         settings,
         store,
-    )
-    .map_err(|e| {
-        ConfigError::at(
-            &p.section.origin,
-            format!("cannot open store_dir '{}': {e}", spool_dir.display()),
-        )
-    })
+    ))
 }

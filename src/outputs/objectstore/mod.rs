@@ -1,25 +1,41 @@
 //! The object-store output engine shared by `s3` (and later `azure_blob`, `gcs`): records are
 //! formatted as JSON Lines into a durable per-tag spool, sealed by size or age, compressed, keyed
-//! with Fluent Bit's key format and uploaded in order by one background uploader.
+//! with Fluent Bit's key format and uploaded by a background uploader.
 //!
 //! Invariant 1: [`ObjectStoreOutput::write`] returns (and the batch is acknowledged) only after
 //! the lines are fsynced in the spool; a sealed chunk is deleted only after the store confirmed
 //! the upload. Upload failures never drop data: the chunk is retried with backoff until it goes
-//! through (`retries_failed` counts chunks past `retry_limit`, for the health rule).
-//! Invariant 2: the spool is bounded by `store_dir_limit_size`; when full, `write` waits for
-//! uploads, which pauses the inputs.
+//! through (`retries_failed` counts chunks past `retry_limit`, for the health rule). An upload id
+//! the server no longer accepts, or an object that changed under an append, restarts that upload
+//! from the spool; a key found taken is rendered again. Nothing is replaced unless
+//! `static_file_mode overwrite` asks for it.
+//! Invariant 2: the spool is bounded by `store_dir_limit_size` (default [`DEFAULT_SPOOL_LIMIT`],
+//! 2 GB; `0` lifts the bound); when it is full, `write` waits for uploads, which pauses the
+//! inputs. If nothing is sealed then (the limit is below `total_file_size`), the largest open
+//! buffer is sealed so an upload can free space. The wait ends when the engine's hard stop
+//! fires, so shutdown stays within `Grace`.
+//!
+//! Liveness: chunks are ordered per key (per tag for keys that vary), not per output: one key
+//! whose uploads fail waits on its own backoff while the others go on, up to
+//! [`CONCURRENT_UPLOADS`] at a time. A permanent refusal (credentials, permissions, a missing
+//! bucket) is logged at once, sets `store_failing` (health fails) and keeps the data.
+//!
+//! Start (never at build, so `--dry-run` writes nothing): the spool folder is created and
+//! recovered (summary logged), free disk space is checked against the limit, and the store is
+//! probed (bucket and identity); a failed probe is logged at once and the agent keeps running.
 
 pub mod compress;
 pub mod key;
 pub mod spool;
 pub mod store;
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::format::DateKey;
 use super::Backoff;
@@ -28,7 +44,12 @@ use crate::record::{Event, Value};
 use compress::Compression;
 use key::KeyFormat;
 use spool::{SealedChunk, Spool, UploadState};
-use store::ObjectStore;
+use store::{ErrorKind, Existing, ObjectStore, StoreError};
+
+/// `store_dir_limit_size` when the config does not set it.
+pub const DEFAULT_SPOOL_LIMIT: u64 = 2_000_000_000;
+/// Chunks uploading at once (each from a different key).
+pub const CONCURRENT_UPLOADS: usize = 4;
 
 /// How each record becomes a line of the object body.
 #[derive(Debug, Clone)]
@@ -69,6 +90,49 @@ pub struct UploadSettings {
     pub backoff: Backoff,
 }
 
+impl UploadSettings {
+    /// `static_file_path` keys take every upload of a tag: appended, or replaced on request.
+    fn appends(&self) -> bool {
+        self.static_file_path && self.append
+    }
+}
+
+/// Where the spool lives: `base` (or the default state directory, chosen at start) + `sub`.
+#[derive(Debug, Clone)]
+pub struct SpoolDir {
+    pub base: Option<PathBuf>,
+    pub sub: PathBuf,
+}
+
+impl SpoolDir {
+    /// `/var/lib/logferry` when it can be created, else `~/.local/state/logferry` (not `/tmp`:
+    /// a spool must survive restarts).
+    fn resolve(&self) -> PathBuf {
+        let base = self.base.clone().unwrap_or_else(|| {
+            let system = PathBuf::from("/var/lib/logferry");
+            if std::fs::create_dir_all(&system).is_ok() {
+                return system;
+            }
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".local/state/logferry"))
+                .unwrap_or_else(|| PathBuf::from(".logferry-state"))
+        });
+        base.join(&self.sub)
+    }
+}
+
+/// Free bytes on the filesystem holding `dir`.
+fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `path` is a valid C string and `stat` a plain struct statvfs fills in.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
 struct Shared {
     spool: Mutex<Spool>,
     space: Condvar,
@@ -80,106 +144,162 @@ enum Command {
     Drain,
 }
 
+/// What exists once the output started.
+struct Running {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    uploader: Option<tokio::task::JoinHandle<()>>,
+    hard_stop: watch::Receiver<bool>,
+}
+
 pub struct ObjectStoreOutput {
     name: String,
-    shared: Arc<Shared>,
+    spool_dir: SpoolDir,
+    limit: u64,
     body: BodyFormat,
     settings: Arc<UploadSettings>,
     store: Option<StoreSpec>,
-    recovered: Vec<SealedChunk>,
-    commands: mpsc::UnboundedSender<Command>,
-    receiver: Option<mpsc::UnboundedReceiver<Command>>,
-    uploader: Option<tokio::task::JoinHandle<()>>,
+    running: Option<Running>,
     buf: Vec<u8>,
 }
 
 impl ObjectStoreOutput {
+    /// Validated settings only: nothing is created until [`ObjectStoreOutput::start`].
     pub fn new(
         name: String,
-        spool_dir: PathBuf,
+        spool_dir: SpoolDir,
         limit: u64,
         body: BodyFormat,
         settings: UploadSettings,
         store: StoreSpec,
-    ) -> std::io::Result<Self> {
-        let (spool, recovered) = Spool::open(&spool_dir, limit)?;
-        if !recovered.is_empty() || spool.used() > 0 {
-            tracing::info!(output = %name, chunks = recovered.len(), bytes = spool.used(), dir = %spool_dir.display(), "resuming spooled data from a previous run");
-        }
-        let (commands, receiver) = mpsc::unbounded_channel();
-        Ok(ObjectStoreOutput {
+    ) -> Self {
+        ObjectStoreOutput {
             name,
-            shared: Arc::new(Shared {
-                spool: Mutex::new(spool),
-                space: Condvar::new(),
-            }),
+            spool_dir,
+            limit,
             body,
             settings: Arc::new(settings),
             store: Some(store),
-            recovered,
-            commands,
-            receiver: Some(receiver),
-            uploader: None,
-            buf: Vec::with_capacity(1 << 20),
-        })
+            running: None,
+            buf: Vec::new(),
+        }
     }
 
-    /// Starts the uploader task (recovered chunks first).
+    /// Opens and recovers the spool, then starts the uploader (recovered chunks first, after
+    /// probing the store). A spool that cannot be opened is logged; writes then fail.
     pub async fn start(
         &mut self,
         metrics: Arc<OutputMetrics>,
         health: Arc<HealthWindow>,
         hard_stop: watch::Receiver<bool>,
     ) {
-        let (Some(spec), Some(receiver)) = (self.store.take(), self.receiver.take()) else {
+        let Some(spec) = self.store.take() else {
             return;
         };
-        let store = spec.build().await;
-        tracing::info!(output = %self.name, store = %store.describe(), "object store ready");
-        let uploader = Uploader {
-            name: self.name.clone(),
-            shared: self.shared.clone(),
-            settings: self.settings.clone(),
-            store,
-            queue: std::mem::take(&mut self.recovered).into(),
-            metrics,
-            health,
+        metrics
+            .object_store
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.spool_dir.resolve();
+        let (spool, recovery) = match Spool::open(&dir, self.limit) {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::error!(output = %self.name, dir = %dir.display(), "cannot open the spool (store_dir): {e}; records for this output cannot be accepted");
+                return;
+            }
         };
-        self.uploader = Some(tokio::spawn(uploader.run(receiver, hard_stop)));
+        metrics.spool_damaged_bytes.add(recovery.damaged_bytes);
+        if !recovery.chunks.is_empty() || spool.used() > 0 {
+            tracing::info!(output = %self.name, dir = %dir.display(), chunks = recovery.chunks.len(), open_buffers = recovery.open_buffers, bytes = spool.used(), orphans = recovery.orphans, damaged_bytes = recovery.damaged_bytes, "resuming spooled data from a previous run");
+        }
+        if let Some(free) = free_space(&dir) {
+            if self.limit == 0 {
+                tracing::warn!(output = %self.name, dir = %dir.display(), free_bytes = free, "store_dir_limit_size 0: the spool is unbounded and may fill this disk during an outage");
+            } else if free < self.limit.saturating_sub(spool.used()) {
+                tracing::warn!(output = %self.name, dir = %dir.display(), free_bytes = free, store_dir_limit_size = self.limit, "less free disk space than store_dir_limit_size: the disk may fill before the spool does");
+            }
+        }
+        let store = spec.build().await;
+        let shared = Arc::new(Shared {
+            spool: Mutex::new(spool),
+            space: Condvar::new(),
+        });
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let uploader = Uploader {
+            ctx: Arc::new(UploadCtx {
+                name: self.name.clone(),
+                shared: shared.clone(),
+                settings: self.settings.clone(),
+                store,
+                metrics,
+            }),
+            health,
+            lanes: HashMap::new(),
+            first_upload_logged: false,
+        };
+        let task = tokio::spawn(uploader.run(recovery.chunks, receiver, hard_stop.clone()));
+        self.running = Some(Running {
+            shared,
+            commands,
+            uploader: Some(task),
+            hard_stop,
+        });
+        self.buf = Vec::with_capacity(1 << 20);
     }
 
-    /// Spools the batches durably; seals buffers that reached `total_file_size`.
+    /// Spools the batches durably; seals buffers that reached `total_file_size`. A failed write
+    /// is cut back, so the retry neither repeats nor tears records.
     pub fn write(&mut self, batches: &[(&str, &[Event])]) -> std::io::Result<()> {
-        let mut spool = self.shared.spool.lock().expect("spool lock");
+        let Some(run) = &self.running else {
+            return Err(std::io::Error::other(
+                "the spool is not open (see the error at start)",
+            ));
+        };
+        let mut spool = run.shared.spool.lock().expect("spool lock");
         let mut warned = false;
+        seal_if_stalled(&mut spool, &run.commands)?;
         while spool.is_full() {
+            if *run.hard_stop.borrow() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "shutting down while the spool is full",
+                ));
+            }
             if !warned {
                 tracing::warn!(output = %self.name, used = spool.used(), "store_dir_limit_size reached: pausing until uploads free space");
                 warned = true;
             }
-            spool = self
+            spool = run
                 .shared
                 .space
-                .wait_timeout(spool, Duration::from_millis(500))
+                .wait_timeout(spool, Duration::from_millis(200))
                 .expect("spool lock")
                 .0;
         }
-        for (tag, events) in batches {
-            let Some(first) = events.first() else {
-                continue;
-            };
-            self.buf.clear();
-            for e in *events {
-                self.body.write(&mut self.buf, e);
+        let mut written = || -> std::io::Result<()> {
+            for (tag, events) in batches {
+                let Some(first) = events.first() else {
+                    continue;
+                };
+                self.buf.clear();
+                for e in *events {
+                    self.body.write(&mut self.buf, e);
+                }
+                spool.append(tag, first.time, &self.buf)?;
             }
-            spool.append(tag, first.time, &self.buf)?;
+            spool.commit()
+        };
+        if let Err(e) = written() {
+            if let Err(cut) = spool.rollback() {
+                tracing::error!(output = %self.name, "cannot cut a failed spool write back: {cut}");
+            }
+            return Err(e);
         }
-        spool.sync()?;
         for tag in spool.due(self.settings.total_file_size, u64::MAX, false) {
             if let Some(chunk) = spool.seal(&tag)? {
-                let _ = self.commands.send(Command::Upload(chunk));
+                let _ = run.commands.send(Command::Upload(chunk));
             }
         }
+        seal_if_stalled(&mut spool, &run.commands)?;
         if self.buf.capacity() > 4 << 20 {
             self.buf = Vec::with_capacity(1 << 20);
         }
@@ -189,27 +309,30 @@ impl ObjectStoreOutput {
     /// Shutdown: seal and upload everything, until done or `hard_stop`. What is not uploaded
     /// stays in the spool for the next start.
     pub async fn finish(&mut self) {
-        let _ = self.commands.send(Command::Drain);
-        if let Some(task) = self.uploader.take() {
+        let Some(run) = &mut self.running else {
+            return;
+        };
+        let _ = run.commands.send(Command::Drain);
+        if let Some(task) = run.uploader.take() {
             let _ = task.await;
         }
     }
 }
 
-fn count_lines(path: &std::path::Path) -> u64 {
-    use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return 0;
-    };
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n = 0u64;
-    while let Ok(read) = f.read(&mut buf) {
-        if read == 0 {
-            break;
+/// A full spool with nothing sealed would wait forever (no upload can free space, e.g.
+/// `store_dir_limit_size` below `total_file_size`): seal the largest open buffer.
+fn seal_if_stalled(
+    spool: &mut Spool,
+    commands: &mpsc::UnboundedSender<Command>,
+) -> std::io::Result<()> {
+    if spool.is_full() && spool.sealed_bytes() == 0 {
+        if let Some(tag) = spool.largest_open() {
+            if let Some(chunk) = spool.seal(&tag)? {
+                let _ = commands.send(Command::Upload(chunk));
+            }
         }
-        n += memchr::memchr_iter(b'\n', &buf[..read]).count() as u64;
     }
-    n
+    Ok(())
 }
 
 /// What to build the store from once the runtime runs (the AWS SDK config is async).
@@ -241,12 +364,17 @@ impl StoreSpec {
                     .request_checksum_calculation(
                         aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
                     );
+                let shown = match &endpoint {
+                    Some(e) => e.clone(),
+                    None => format!("AWS S3 ({})", identity.region),
+                };
                 if let Some(e) = endpoint {
                     conf = conf.endpoint_url(e);
                 }
                 ObjectStore::S3(store::S3Store {
                     client: aws_sdk_s3::Client::from_conf(conf.build()),
                     bucket,
+                    endpoint: shown,
                     options,
                     identity: identity.describe(),
                 })
@@ -255,118 +383,44 @@ impl StoreSpec {
     }
 }
 
-struct Uploader {
+/// What every upload task shares.
+struct UploadCtx {
     name: String,
     shared: Arc<Shared>,
     settings: Arc<UploadSettings>,
     store: ObjectStore,
-    queue: VecDeque<SealedChunk>,
     metrics: Arc<OutputMetrics>,
-    health: Arc<HealthWindow>,
 }
 
-impl Uploader {
-    async fn run(
-        mut self,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-        mut hard_stop: watch::Receiver<bool>,
-    ) {
-        let mut draining = false;
-        let mut attempts = 0u32;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            // Age-triggered seals (upload_timeout), or everything when draining.
-            if let Err(e) = self.seal_due(draining) {
-                tracing::error!(output = %self.name, "cannot seal spooled data: {e}");
-            }
-            if let Some(chunk) = self.queue.front().cloned() {
-                match self.upload(&chunk).await {
-                    Ok(key) => {
-                        attempts = 0;
-                        self.shared
-                            .spool
-                            .lock()
-                            .expect("spool lock")
-                            .remove_sealed(&chunk);
-                        self.shared.space.notify_all();
-                        self.queue.pop_front();
-                        tracing::debug!(output = %self.name, key = %key, bytes = chunk.size, "uploaded");
-                        continue;
-                    }
-                    Err(e) => {
-                        attempts += 1;
-                        self.metrics.errors.add(1);
-                        self.metrics.retries.add(1);
-                        self.health.error();
-                        if attempts == self.settings.retry_limit + 1 {
-                            self.metrics.retries_failed.add(1);
-                            self.health.retry_failure();
-                        }
-                        let wait = self
-                            .settings
-                            .backoff
-                            .delay(attempts.saturating_sub(1).min(10));
-                        tracing::warn!(output = %self.name, store = %self.store.describe(), tag = %chunk.tag, attempt = attempts, "upload failed, data kept in the spool, retry in {}s: {e}", wait.as_secs());
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = hard_stop.wait_for(|s| *s) => return,
-                        }
-                        continue;
-                    }
-                }
-            }
-            if draining {
-                return;
-            }
-            tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    Some(Command::Upload(chunk)) => self.queue.push_back(chunk),
-                    Some(Command::Drain) | None => draining = true,
-                },
-                _ = tick.tick() => {}
-                _ = hard_stop.wait_for(|s| *s) => return,
-            }
-            while let Ok(cmd) = commands.try_recv() {
-                match cmd {
-                    Command::Upload(chunk) => self.queue.push_back(chunk),
-                    Command::Drain => draining = true,
-                }
-            }
-        }
-    }
-
-    fn seal_due(&mut self, everything: bool) -> std::io::Result<()> {
-        let mut spool = self.shared.spool.lock().expect("spool lock");
-        for tag in spool.due(
-            self.settings.total_file_size,
-            self.settings.upload_timeout.as_secs(),
-            everything,
-        ) {
-            if let Some(chunk) = spool.seal(&tag)? {
-                self.queue.push_back(chunk);
-            }
-        }
-        Ok(())
-    }
-
+impl UploadCtx {
     /// Compresses (once) and uploads a sealed chunk; returns its key.
-    async fn upload(&self, chunk: &SealedChunk) -> Result<String, store::StoreError> {
+    async fn upload(&self, chunk: &SealedChunk) -> Result<String, StoreError> {
         let s = &self.settings;
         let state_path = chunk.state_path();
         let mut state = UploadState::load(&state_path);
         let body = chunk.body_path();
-        let chunk_path = chunk.data.clone();
-        let compression = s.compression;
-        let body_size = if body.exists() && state.key.is_some() {
-            std::fs::metadata(&body).map(|m| m.len()).unwrap_or(0)
-        } else {
-            let body2 = body.clone();
-            tokio::task::spawn_blocking(move || compression.compress_file(&chunk_path, &body2))
-                .await
-                .map_err(|e| store::StoreError(format!("compression task: {e}")))?
-                .map_err(|e| {
-                    store::StoreError(format!("compressing {}: {e}", chunk.data.display()))
-                })?
+        let save = |state: &UploadState| {
+            state
+                .save(&state_path)
+                .map_err(|e| store::io_err("saving upload state", e))
+        };
+        let info = match state.body {
+            Some(info) if body.exists() => info,
+            _ => {
+                let (src, dst, compression) = (chunk.data.clone(), body.clone(), s.compression);
+                let info =
+                    tokio::task::spawn_blocking(move || compression.compress_file(&src, &dst))
+                        .await
+                        .map_err(|e| {
+                            StoreError::new(ErrorKind::Retryable, format!("compression task: {e}"))
+                        })?
+                        .map_err(|e| {
+                            store::io_err(&format!("compressing {}", chunk.data.display()), e)
+                        })?;
+                state.body = Some(info);
+                save(&state)?;
+                info
+            }
         };
         let key = match &state.key {
             Some(k) => k.clone(),
@@ -377,38 +431,265 @@ impl Uploader {
                     .lock()
                     .expect("spool lock")
                     .next_index()
-                    .map_err(|e| store::StoreError(format!("$INDEX: {e}")))?;
+                    .map_err(|e| store::io_err("$INDEX", e))?;
                 let mut key = s.key.render(&chunk.tag, index, chunk.first);
-                let put_object = s.use_put_object || body_size < s.upload_chunk_size;
-                if put_object && !s.key.has_uuid_or_index() && !s.static_file_path {
+                // Fluent Bit's suffix for keys that would otherwise repeat, on every upload path
+                // (Fluent Bit adds it to PutObject only, so its multipart uploads can collide).
+                if !s.key.has_uuid_or_index() && !s.static_file_path {
                     key = format!("{key}-object{}", key::random_alnum(8));
                 }
                 state.key = Some(key.clone());
-                state
-                    .save(&state_path)
-                    .map_err(|e| store::StoreError(format!("saving upload state: {e}")))?;
+                save(&state)?;
                 key
             }
         };
-        let append = s.append && s.static_file_path && s.key.is_static();
-        if append {
+        if s.appends() {
             self.store
                 .append(&key, &body, s.upload_chunk_size, &mut state, &state_path)
                 .await?;
         } else {
+            let existing = if s.static_file_path {
+                Existing::Replace
+            } else {
+                Existing::Keep
+            };
             self.store
                 .put(
                     &key,
                     &body,
                     s.upload_chunk_size,
                     !s.use_put_object,
+                    existing,
                     &mut state,
                     &state_path,
                 )
                 .await?;
         }
-        self.metrics.uploaded_records.add(count_lines(&chunk.data));
-        self.metrics.uploaded_bytes.add(body_size);
+        self.metrics.uploaded_records.add(info.records);
+        self.metrics.uploaded_bytes.add(info.size);
         Ok(key)
+    }
+
+    /// After an upload id was refused or a condition failed: the next attempt starts over
+    /// (under a new key when a new object's key was found taken).
+    fn restart(&self, chunk: &SealedChunk, kind: ErrorKind) -> std::io::Result<()> {
+        let path = chunk.state_path();
+        let mut state = UploadState::load(&path);
+        state.restart(kind == ErrorKind::Conflict && !self.settings.appends());
+        state.save(&path)
+    }
+}
+
+/// The chunks of one key (or tag), uploaded in order.
+struct Lane {
+    chunks: VecDeque<SealedChunk>,
+    busy: bool,
+    attempts: u32,
+    retry_at: Instant,
+}
+
+struct Uploader {
+    ctx: Arc<UploadCtx>,
+    health: Arc<HealthWindow>,
+    lanes: HashMap<String, Lane>,
+    first_upload_logged: bool,
+}
+
+type Finished = (String, SealedChunk, Result<String, StoreError>);
+
+impl Uploader {
+    /// Static keys take every chunk of their key in order; other keys are ordered per tag.
+    fn push(&mut self, chunk: SealedChunk) {
+        let s = &self.ctx.settings;
+        let lane = if s.key.is_static() {
+            s.key.render(&chunk.tag, 0, chunk.first)
+        } else {
+            chunk.tag.clone()
+        };
+        self.lanes
+            .entry(lane)
+            .or_insert_with(|| Lane {
+                chunks: VecDeque::new(),
+                busy: false,
+                attempts: 0,
+                retry_at: Instant::now(),
+            })
+            .chunks
+            .push_back(chunk);
+    }
+
+    async fn run(
+        mut self,
+        recovered: Vec<SealedChunk>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut hard_stop: watch::Receiver<bool>,
+    ) {
+        recovered.into_iter().for_each(|c| self.push(c));
+        let store = self.ctx.store.describe();
+        tokio::select! {
+            probe = self.ctx.store.probe() => match probe {
+                Ok(()) => tracing::info!(output = %self.ctx.name, store = %store, "object store ready"),
+                Err(e) => {
+                    if e.kind == ErrorKind::Permanent {
+                        self.ctx.metrics.store_failing.set(1);
+                    }
+                    tracing::error!(output = %self.ctx.name, store = %store, "object store check failed: {e}; records stay in the spool and uploads are retried");
+                }
+            },
+            _ = hard_stop.wait_for(|s| *s) => return,
+        }
+        let mut draining = false;
+        let mut closed = false;
+        let mut in_flight: tokio::task::JoinSet<Finished> = tokio::task::JoinSet::new();
+        loop {
+            if let Err(e) = self.seal_due(draining) {
+                tracing::error!(output = %self.ctx.name, "cannot seal spooled data: {e}");
+            }
+            self.update_gauges();
+            let now = Instant::now();
+            for (name, lane) in self.lanes.iter_mut() {
+                if in_flight.len() >= CONCURRENT_UPLOADS {
+                    break;
+                }
+                if lane.busy || lane.retry_at > now {
+                    continue;
+                }
+                let Some(chunk) = lane.chunks.front().cloned() else {
+                    continue;
+                };
+                lane.busy = true;
+                let (ctx, name) = (self.ctx.clone(), name.clone());
+                in_flight.spawn(async move {
+                    let result = ctx.upload(&chunk).await;
+                    (name, chunk, result)
+                });
+            }
+            self.lanes.retain(|_, l| l.busy || !l.chunks.is_empty());
+            if draining && self.lanes.is_empty() {
+                return;
+            }
+            let wake = self
+                .lanes
+                .values()
+                .filter(|l| !l.busy && l.retry_at > now)
+                .map(|l| l.retry_at)
+                .fold(now + Duration::from_secs(1), Instant::min);
+            tokio::select! {
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => match done {
+                    Ok(finished) => self.settle(finished),
+                    // Uploads return errors, they do not panic; a panic is a bug worth a crash.
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                },
+                cmd = commands.recv(), if !closed => match cmd {
+                    Some(Command::Upload(chunk)) => self.push(chunk),
+                    Some(Command::Drain) => draining = true,
+                    None => { closed = true; draining = true; }
+                },
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = hard_stop.wait_for(|s| *s) => {
+                    in_flight.abort_all();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn settle(&mut self, (name, chunk, result): Finished) {
+        let ctx = self.ctx.clone();
+        let Some(lane) = self.lanes.get_mut(&name) else {
+            return;
+        };
+        lane.busy = false;
+        let store = ctx.store.describe();
+        match result {
+            Ok(key) => {
+                lane.chunks.pop_front();
+                lane.attempts = 0;
+                ctx.shared
+                    .spool
+                    .lock()
+                    .expect("spool lock")
+                    .remove_sealed(&chunk);
+                ctx.shared.space.notify_all();
+                ctx.metrics.store_failing.set(0);
+                if !self.first_upload_logged {
+                    self.first_upload_logged = true;
+                    tracing::info!(output = %ctx.name, store = %store, key = %key, bytes = chunk.size, "first upload confirmed");
+                } else {
+                    tracing::debug!(output = %ctx.name, key = %key, bytes = chunk.size, "uploaded");
+                }
+            }
+            Err(e) => {
+                lane.attempts += 1;
+                ctx.metrics.errors.add(1);
+                ctx.metrics.retries.add(1);
+                self.health.error();
+                if lane.attempts == ctx.settings.retry_limit.saturating_add(1) {
+                    ctx.metrics.retries_failed.add(1);
+                    self.health.retry_failure();
+                }
+                let backoff = ctx
+                    .settings
+                    .backoff
+                    .delay(lane.attempts.saturating_sub(1).min(10));
+                let restart = matches!(e.kind, ErrorKind::UploadLost | ErrorKind::Conflict);
+                if restart {
+                    if let Err(io) = ctx.restart(&chunk, e.kind) {
+                        tracing::error!(output = %ctx.name, chunk = %chunk.name(), "cannot reset the upload state: {io}");
+                    }
+                }
+                // A restart goes at once the first time; repeated failures back off.
+                let wait = if restart && lane.attempts == 1 {
+                    Duration::ZERO
+                } else {
+                    backoff
+                };
+                lane.retry_at = Instant::now() + wait;
+                let secs = wait.as_secs();
+                let (output, tag, attempt) = (&ctx.name, &chunk.tag, lane.attempts);
+                match e.kind {
+                    ErrorKind::Permanent => {
+                        ctx.metrics.store_failing.set(1);
+                        tracing::error!(output = %output, store = %store, tag = %tag, attempt, "upload refused: {e}; data kept in the spool, retry in {secs}s (check the bucket, credentials and permissions)");
+                    }
+                    ErrorKind::UploadLost => {
+                        tracing::warn!(output = %output, store = %store, tag = %tag, attempt, "the server no longer accepts the upload: {e}; restarting it from the spool in {secs}s");
+                    }
+                    ErrorKind::Conflict => {
+                        tracing::warn!(output = %output, store = %store, tag = %tag, attempt, "the object changed or the key is taken: {e}; uploading again in {secs}s, nothing is replaced");
+                    }
+                    ErrorKind::Retryable => {
+                        tracing::warn!(output = %output, store = %store, tag = %tag, attempt, "upload failed, data kept in the spool, retry in {secs}s: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        let spool = self.ctx.shared.spool.lock().expect("spool lock");
+        self.ctx.metrics.spool_bytes.set(spool.used() as i64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let age = spool.oldest_unix().map_or(0, |t| now.saturating_sub(t));
+        self.ctx.metrics.spool_oldest_age.set(age as i64);
+    }
+
+    fn seal_due(&mut self, everything: bool) -> std::io::Result<()> {
+        let sealed = {
+            let mut spool = self.ctx.shared.spool.lock().expect("spool lock");
+            let mut sealed = Vec::new();
+            for tag in spool.due(
+                self.ctx.settings.total_file_size,
+                self.ctx.settings.upload_timeout.as_secs(),
+                everything,
+            ) {
+                sealed.extend(spool.seal(&tag)?);
+            }
+            sealed
+        };
+        sealed.into_iter().for_each(|c| self.push(c));
+        Ok(())
     }
 }

@@ -1,6 +1,13 @@
 //! Object-store backends behind one interface: a local directory (the embedded default, no
-//! cloud) and S3 (and S3-compatible stores). Both write whole objects atomically, can append to
-//! an existing object (the static-key mode), and S3 uploads large objects in resumable parts.
+//! cloud) and S3 (and S3-compatible stores). Both write whole objects, can append to an existing
+//! object (the static-key mode), and S3 uploads large objects in resumable parts.
+//!
+//! Invariant 1 (no silent loss): a write never replaces an object it did not mean to replace.
+//! New objects are created with `If-None-Match: *`; an append completes only against the version
+//! it extends (`If-Match` on the ETag the copied parts came from, kept in [`UploadState`]), and
+//! the local directory appends in place after cutting back a partial earlier attempt.
+//! Errors are typed ([`ErrorKind`]): the uploader retries, restarts an upload, renders a new key
+//! or reports a permanent failure from the kind, never from the message text.
 
 use std::path::{Path, PathBuf};
 
@@ -11,13 +18,76 @@ use super::spool::UploadState;
 
 /// S3's smallest multipart part (all but the last).
 pub const MIN_PART: u64 = 5 * 1024 * 1024;
+/// S3's largest part, and the most one UploadPartCopy may copy.
+pub const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+
+/// What the uploader does about a failed store call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Network, throttling, server errors: retry with backoff.
+    Retryable,
+    /// A condition failed (the object exists, or changed under an append): start the upload
+    /// again from the object's current version, or under a new key.
+    Conflict,
+    /// Credentials, permissions, a missing bucket: nothing changes by retrying soon. The data
+    /// stays in the spool, the error is logged at once and health fails until an upload works.
+    Permanent,
+    /// The server no longer accepts the multipart upload id: start the upload over.
+    UploadLost,
+}
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+#[error("{message}")]
+pub struct StoreError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
 
-fn io_err(context: &str, e: std::io::Error) -> StoreError {
-    StoreError(format!("{context}: {e}"))
+impl StoreError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> StoreError {
+        StoreError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A local I/O error: permission problems are permanent, the rest (a full disk, a path in the
+/// way) may clear.
+pub fn io_err(context: &str, e: std::io::Error) -> StoreError {
+    let kind = match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            ErrorKind::Permanent
+        }
+        _ => ErrorKind::Retryable,
+    };
+    StoreError::new(kind, format!("{context}: {e}"))
+}
+
+/// S3 error codes that retrying soon cannot fix.
+const PERMANENT_CODES: &[&str] = &[
+    "AccessDenied",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "InvalidAccessKeyId",
+    "InvalidBucketName",
+    "NoSuchBucket",
+    "SignatureDoesNotMatch",
+    "InvalidSecurity",
+    "NotSignedUp",
+];
+
+fn classify(status: u16, code: &str) -> ErrorKind {
+    match (status, code) {
+        (_, "NoSuchUpload") => ErrorKind::UploadLost,
+        (412 | 409, _) | (_, "PreconditionFailed" | "ConditionalRequestConflict") => {
+            ErrorKind::Conflict
+        }
+        (_, c) if PERMANENT_CODES.contains(&c) => ErrorKind::Permanent,
+        // A HEAD has no body, so no code.
+        (403, "") => ErrorKind::Permanent,
+        _ => ErrorKind::Retryable,
+    }
 }
 
 /// Applies [`PutOptions`] to a PutObject or CreateMultipartUpload request (two SDK builder types
@@ -53,35 +123,58 @@ pub enum ObjectStore {
     S3(S3Store),
 }
 
+/// How a whole-object write treats an object already at the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Fail with [`ErrorKind::Conflict`] (the uploader then renders a new key).
+    Keep,
+    /// Replace it (`static_file_mode overwrite`, Fluent Bit's behaviour, chosen explicitly).
+    Replace,
+}
+
 impl ObjectStore {
+    /// Names the destination in logs and errors: bucket, endpoint and identity, no secrets.
     pub fn describe(&self) -> String {
         match self {
             ObjectStore::Local(l) => format!("directory {}", l.root.display()),
-            ObjectStore::S3(s) => format!("bucket {} ({})", s.bucket, s.identity),
+            ObjectStore::S3(s) => {
+                format!("bucket {} at {} as {}", s.bucket, s.endpoint, s.identity)
+            }
+        }
+    }
+
+    /// Checks at start that the destination exists and the identity may reach it.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        match self {
+            ObjectStore::Local(l) => l.probe(),
+            ObjectStore::S3(s) => s.probe().await,
         }
     }
 
     /// Writes `body` as the whole object at `key` (resumable multipart above `part_size`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn put(
         &self,
         key: &str,
         body: &Path,
         part_size: u64,
         multipart: bool,
+        existing: Existing,
         state: &mut UploadState,
         state_path: &Path,
     ) -> Result<(), StoreError> {
         match self {
-            ObjectStore::Local(l) => l.write(key, body, false),
+            ObjectStore::Local(l) => l.put(key, body, existing),
             ObjectStore::S3(s) => {
                 let size = std::fs::metadata(body)
                     .map_err(|e| io_err("spool", e))?
                     .len();
+                let expect = (existing == Existing::Keep).then_some(Expect::Absent);
                 if multipart && size > part_size {
-                    s.multipart(key, body, part_size, None, state, state_path)
+                    s.multipart(key, body, part_size, expect, state, state_path)
                         .await
                 } else {
-                    s.put_object(key, body, None).await
+                    s.put_object(key, body, expect, Vec::new()).await
                 }
             }
         }
@@ -97,24 +190,49 @@ impl ObjectStore {
         state_path: &Path,
     ) -> Result<(), StoreError> {
         match self {
-            ObjectStore::Local(l) => l.write(key, body, true),
+            ObjectStore::Local(l) => l.append(key, body, state, state_path),
             ObjectStore::S3(s) => s.append(key, body, part_size, state, state_path).await,
         }
     }
 }
 
-/// `endpoint file:///dir`: objects are files under `dir` with the same keys and bodies, written
-/// atomically (temp file, fsync, rename).
+/// `endpoint file:///dir`: objects are files under `dir` with the same keys and bodies. New
+/// objects are written atomically (temp file, fsync, then a hard link that fails if the key is
+/// taken, or a rename when replacing); appends extend the file in place.
 pub struct LocalDir {
     pub root: PathBuf,
 }
 
 impl LocalDir {
-    fn write(&self, key: &str, body: &Path, append: bool) -> Result<(), StoreError> {
+    /// The root, or the nearest folder above it that exists, must be a writable directory
+    /// (created at the first upload, not here).
+    fn probe(&self) -> Result<(), StoreError> {
+        let existing = self.root.ancestors().find(|p| p.exists());
+        match existing.map(std::fs::metadata) {
+            Some(Ok(m)) if m.is_dir() && !m.permissions().readonly() => Ok(()),
+            Some(Ok(m)) if m.is_dir() => Err(StoreError::new(
+                ErrorKind::Permanent,
+                format!("{} is read-only", self.root.display()),
+            )),
+            Some(Ok(_)) => Err(StoreError::new(
+                ErrorKind::Retryable,
+                format!("{}: a file is in the way", self.root.display()),
+            )),
+            Some(Err(e)) => Err(io_err(&self.root.display().to_string(), e)),
+            None => Ok(()),
+        }
+    }
+
+    fn target(&self, key: &str) -> Result<(PathBuf, PathBuf), StoreError> {
         let target = self.root.join(key);
-        let parent = target.parent().unwrap_or(&self.root);
-        std::fs::create_dir_all(parent)
+        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
+        std::fs::create_dir_all(&parent)
             .map_err(|e| io_err(&format!("cannot create {}", parent.display()), e))?;
+        Ok((target, parent))
+    }
+
+    fn put(&self, key: &str, body: &Path, existing: Existing) -> Result<(), StoreError> {
+        let (target, parent) = self.target(key)?;
         let tmp = parent.join(format!(
             ".{}.logferry-tmp",
             target
@@ -124,30 +242,74 @@ impl LocalDir {
         ));
         let result = (|| -> std::io::Result<()> {
             let mut out = std::fs::File::create(&tmp)?;
-            if append {
-                match std::fs::File::open(&target) {
-                    Ok(mut existing) => {
-                        std::io::copy(&mut existing, &mut out)?;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
             std::io::copy(&mut std::fs::File::open(body)?, &mut out)?;
             out.sync_all()?;
-            std::fs::rename(&tmp, &target)?;
-            std::fs::File::open(parent)?.sync_all()
+            match existing {
+                Existing::Replace => std::fs::rename(&tmp, &target)?,
+                Existing::Keep => {
+                    std::fs::hard_link(&tmp, &target)?;
+                    std::fs::remove_file(&tmp)?;
+                }
+            }
+            std::fs::File::open(&parent)?.sync_all()
         })();
         result.map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            io_err(&format!("cannot write {}", target.display()), e)
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                StoreError::new(
+                    ErrorKind::Conflict,
+                    format!("{} already exists", target.display()),
+                )
+            } else {
+                io_err(&format!("cannot write {}", target.display()), e)
+            }
         })
+    }
+
+    /// Appends in place. The length before the first attempt is kept in the upload state, so
+    /// a retry (after a partial write or a crash) cuts back to it first: the body lands once.
+    fn append(
+        &self,
+        key: &str,
+        body: &Path,
+        state: &mut UploadState,
+        state_path: &Path,
+    ) -> Result<(), StoreError> {
+        let (target, parent) = self.target(key)?;
+        let context = format!("cannot append to {}", target.display());
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&target)
+            .map_err(|e| io_err(&context, e))?;
+        let len = out.metadata().map_err(|e| io_err(&context, e))?.len();
+        match state.append_base {
+            Some(base) if len > base => out.set_len(base).map_err(|e| io_err(&context, e))?,
+            Some(_) => {}
+            None => {
+                state.append_base = Some(len);
+                state
+                    .save(state_path)
+                    .map_err(|e| io_err("saving upload state", e))?;
+            }
+        }
+        let mut input = std::fs::File::open(body).map_err(|e| io_err("spool", e))?;
+        std::io::copy(&mut input, &mut out).map_err(|e| io_err(&context, e))?;
+        out.sync_all().map_err(|e| io_err(&context, e))?;
+        if len == 0 {
+            std::fs::File::open(&parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err(&context, e))?;
+        }
+        Ok(())
     }
 }
 
 pub struct S3Store {
     pub client: aws_sdk_s3::Client,
     pub bucket: String,
+    /// The configured endpoint, or AWS's regional one (for logs).
+    pub endpoint: String,
     pub options: PutOptions,
     pub identity: String,
 }
@@ -163,12 +325,39 @@ where
         SdkError::ServiceError(se) => {
             let status = se.raw().status_code();
             let err = se.err();
-            let code = err.code().unwrap_or("(no error code)");
+            let code = err.code().unwrap_or_default();
             let message = err.message().map(|m| format!(": {m}")).unwrap_or_default();
-            StoreError(format!("{what}: HTTP {status} {code}{message}"))
+            let shown = if code.is_empty() {
+                "(no error code)"
+            } else {
+                code
+            };
+            StoreError::new(
+                classify(status, code),
+                format!("{what}: HTTP {status} {shown}{message}"),
+            )
         }
-        _ => StoreError(format!("{what}: {}", display_chain(&e))),
+        _ => StoreError::new(
+            ErrorKind::Retryable,
+            format!("{what}: {}", display_chain(&e)),
+        ),
     }
+}
+
+/// On UploadPart, UploadPartCopy and CompleteMultipartUpload, any client error but a failed
+/// condition means the server refuses the upload id (S3: 404 NoSuchUpload; others answer 403
+/// or 400): the upload is started over from the spool instead of being retried forever.
+fn upload_id_err(mut err: StoreError, status: Option<u16>) -> StoreError {
+    if err.kind != ErrorKind::Conflict
+        && status.is_some_and(|s| (400..500).contains(&s) && s != 429)
+    {
+        err.kind = ErrorKind::UploadLost;
+    }
+    err
+}
+
+fn status_of<E, R: HttpStatus>(e: &aws_sdk_s3::error::SdkError<E, R>) -> Option<u16> {
+    e.raw_response().map(|r| r.status_code())
 }
 
 /// The error and its sources, Display only: the SDK's Debug forms carry raw responses, and a
@@ -232,34 +421,77 @@ fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, StoreError>
 
 /// ETag condition for a write: create only if absent, or replace only this version.
 #[derive(Debug, Clone)]
-enum Expect {
+pub enum Expect {
     Absent,
     Version(String),
 }
 
+/// The existing object an append copies server-side: its ETag and size.
+struct CopySource {
+    etag: String,
+    size: u64,
+}
+
+/// Inclusive byte ranges that copy `size` bytes in parts of at most `max` (UploadPartCopy's
+/// limit), as equal as possible so that none falls under S3's minimum part.
+fn copy_ranges(size: u64, max: u64) -> Vec<(u64, u64)> {
+    let n = size.div_ceil(max).max(1);
+    let each = size.div_ceil(n);
+    (0..n)
+        .map(|i| (i * each, ((i + 1) * each).min(size) - 1))
+        .collect()
+}
+
 impl S3Store {
+    fn at(&self, what: &str, key: &str) -> String {
+        format!("{what} s3://{}/{key}", self.bucket)
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // A HEAD answer has no body: name the usual causes by status.
+                let code = match status_of(&e) {
+                    Some(404) => "NoSuchBucket",
+                    Some(403) => "AccessDenied",
+                    Some(400) => "InvalidBucketName",
+                    _ => "",
+                };
+                let mut err = sdk_err(&format!("HeadBucket {}", self.bucket), e);
+                if !code.is_empty() {
+                    err.kind = ErrorKind::Permanent;
+                    err.message.push_str(&format!(" ({code})"));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// PutObject of `prefix` + `body` under the condition `expect`. A body with a prefix (the
+    /// append rewrite of a small object) is built in memory; otherwise the spool file is
+    /// streamed, so memory does not grow with `total_file_size`.
     async fn put_object(
         &self,
         key: &str,
         body: &Path,
-        expect: Option<(Expect, Vec<u8>)>,
+        expect: Option<Expect>,
+        prefix: Vec<u8>,
     ) -> Result<(), StoreError> {
         let o = &self.options;
         let mut req = self.client.put_object().bucket(&self.bucket).key(key);
-        // A body with a prefix (append rewrite of a small object) is built in memory; otherwise
-        // the spool file is streamed, so memory does not grow with `total_file_size`.
-        let mut joined = None;
-        if let Some((cond, prefix)) = expect {
-            req = match cond {
-                Expect::Absent => req.if_none_match("*"),
-                Expect::Version(etag) => req.if_match(etag),
-            };
-            if !prefix.is_empty() {
-                let mut bytes = prefix;
-                bytes.extend_from_slice(&std::fs::read(body).map_err(|e| io_err("spool", e))?);
-                joined = Some(bytes);
-            }
-        }
+        req = match expect {
+            Some(Expect::Absent) => req.if_none_match("*"),
+            Some(Expect::Version(etag)) => req.if_match(etag),
+            None => req,
+        };
+        let joined = if prefix.is_empty() {
+            None
+        } else {
+            let mut bytes = prefix;
+            bytes.extend_from_slice(&std::fs::read(body).map_err(|e| io_err("spool", e))?);
+            Some(bytes)
+        };
         if o.send_content_md5 {
             let digest = match &joined {
                 Some(bytes) => md5_base64(bytes),
@@ -269,26 +501,37 @@ impl S3Store {
         }
         let stream = match joined {
             Some(bytes) => ByteStream::from(bytes),
-            None => ByteStream::from_path(body)
-                .await
-                .map_err(|e| StoreError(format!("spool {}: {e}", body.display())))?,
+            None => ByteStream::from_path(body).await.map_err(|e| {
+                StoreError::new(
+                    ErrorKind::Retryable,
+                    format!("spool {}: {e}", body.display()),
+                )
+            })?,
         };
         req = with_object_headers!(req, o);
         req.body(stream)
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("PutObject s3://{}/{key}", self.bucket), e))?;
+            .map_err(|e| sdk_err(&self.at("PutObject", key), e))?;
         Ok(())
     }
 
-    /// Multipart upload of `body` in `part_size` parts, resuming from `state`. With `copy_first`,
-    /// part 1 is a server-side copy of the existing object (append mode).
+    fn save(state: &UploadState, state_path: &Path) -> Result<(), StoreError> {
+        state
+            .save(state_path)
+            .map_err(|e| io_err("saving upload state", e))
+    }
+
+    /// Multipart upload of `body` in `part_size` parts, resuming from `state`. In append mode
+    /// (`state.copied` set) the first parts copy the existing object server-side, in ranges of
+    /// at most 5 GiB, and the upload completes only if the object is still the version copied.
+    /// Otherwise `expect` conditions the completion (`Absent`: never replace an object).
     async fn multipart(
         &self,
         key: &str,
         body: &Path,
         part_size: u64,
-        copy_first: Option<(String, String)>,
+        expect: Option<Expect>,
         state: &mut UploadState,
         state_path: &Path,
     ) -> Result<(), StoreError> {
@@ -312,54 +555,69 @@ impl S3Store {
                     .bucket(&self.bucket)
                     .key(key);
                 req = with_object_headers!(req, o);
-                let out = req.send().await.map_err(|e| {
-                    sdk_err(
-                        &format!("CreateMultipartUpload s3://{}/{key}", self.bucket),
-                        e,
-                    )
-                })?;
+                let out = req
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&self.at("CreateMultipartUpload", key), e))?;
                 let id = out
                     .upload_id()
                     .ok_or_else(|| {
-                        StoreError("CreateMultipartUpload returned no upload id".into())
+                        StoreError::new(
+                            ErrorKind::Retryable,
+                            "CreateMultipartUpload returned no upload id",
+                        )
                     })?
                     .to_string();
                 state.upload_id = Some(id.clone());
                 state.parts.clear();
-                state
-                    .save(state_path)
-                    .map_err(|e| io_err("saving upload state", e))?;
+                Self::save(state, state_path)?;
                 id
             }
         };
-        let first_body_part = if copy_first.is_some() { 2 } else { 1 };
-        if let Some((source, etag)) = &copy_first {
-            if !state.parts.iter().any(|(n, _)| *n == 1) {
-                let out = self
+        let copy = state
+            .copied
+            .clone()
+            .map(|(etag, size)| CopySource { etag, size });
+        let ranges = copy
+            .as_ref()
+            .map(|c| copy_ranges(c.size, MAX_PART))
+            .unwrap_or_default();
+        if let Some(c) = &copy {
+            let source = format!("{}/{}", self.bucket, key);
+            for (i, (first, last)) in ranges.iter().enumerate() {
+                let number = i as i32 + 1;
+                if state.parts.iter().any(|(n, _)| *n == number) {
+                    continue;
+                }
+                let result = self
                     .client
                     .upload_part_copy()
                     .bucket(&self.bucket)
                     .key(key)
                     .upload_id(&upload_id)
-                    .part_number(1)
-                    .copy_source(source)
-                    .copy_source_if_match(etag)
+                    .part_number(number)
+                    .copy_source(&source)
+                    .copy_source_range(format!("bytes={first}-{last}"))
+                    .copy_source_if_match(&c.etag)
                     .send()
-                    .await
-                    .map_err(|e| {
-                        sdk_err(&format!("UploadPartCopy s3://{}/{key}", self.bucket), e)
-                    })?;
+                    .await;
+                let out = result.map_err(|e| {
+                    let status = status_of(&e);
+                    upload_id_err(
+                        sdk_err(&self.at(&format!("UploadPartCopy {number}"), key), e),
+                        status,
+                    )
+                })?;
                 let etag = out
                     .copy_part_result()
                     .and_then(|r| r.e_tag())
                     .unwrap_or_default()
                     .to_string();
-                state.parts.push((1, etag));
-                state
-                    .save(state_path)
-                    .map_err(|e| io_err("saving upload state", e))?;
+                state.parts.push((number, etag));
+                Self::save(state, state_path)?;
             }
         }
+        let first_body_part = ranges.len() as i32 + 1;
         let parts = size.div_ceil(part_size).max(1);
         for i in 0..parts {
             let number = first_body_part + i as i32;
@@ -385,31 +643,23 @@ impl S3Store {
                 .length(aws_sdk_s3::primitives::Length::Exact(len))
                 .build()
                 .await
-                .map_err(|e| StoreError(format!("spool {}: {e}", body.display())))?;
-            let out = match req.body(part).send().await {
-                Ok(out) => out,
-                Err(e) => {
-                    let err = sdk_err(
-                        &format!("UploadPart {number} s3://{}/{key}", self.bucket),
-                        e,
-                    );
-                    if err.0.contains("NoSuchUpload") {
-                        // The upload expired or was aborted: start over next time.
-                        *state = UploadState {
-                            key: state.key.clone(),
-                            ..Default::default()
-                        };
-                        let _ = state.save(state_path);
-                    }
-                    return Err(err);
-                }
-            };
+                .map_err(|e| {
+                    StoreError::new(
+                        ErrorKind::Retryable,
+                        format!("spool {}: {e}", body.display()),
+                    )
+                })?;
+            let out = req.body(part).send().await.map_err(|e| {
+                let status = status_of(&e);
+                upload_id_err(
+                    sdk_err(&self.at(&format!("UploadPart {number}"), key), e),
+                    status,
+                )
+            })?;
             state
                 .parts
                 .push((number, out.e_tag().unwrap_or_default().to_string()));
-            state
-                .save(state_path)
-                .map_err(|e| io_err("saving upload state", e))?;
+            Self::save(state, state_path)?;
         }
         let mut completed: Vec<CompletedPart> = state
             .parts
@@ -428,32 +678,25 @@ impl S3Store {
                     .set_parts(Some(completed))
                     .build(),
             );
-        if let Some((_, etag)) = &copy_first {
-            req = req.if_match(etag);
-        }
-        match req.send().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let err = sdk_err(
-                    &format!("CompleteMultipartUpload s3://{}/{key}", self.bucket),
-                    e,
-                );
-                if err.0.contains("NoSuchUpload") || err.0.contains("PreconditionFailed") {
-                    *state = UploadState {
-                        key: state.key.clone(),
-                        ..Default::default()
-                    };
-                    let _ = state.save(state_path);
-                }
-                Err(err)
-            }
-        }
+        req = match (&copy, expect) {
+            // The version the parts were copied from, not whatever the object is now.
+            (Some(c), _) => req.if_match(&c.etag),
+            (None, Some(Expect::Absent)) => req.if_none_match("*"),
+            (None, Some(Expect::Version(etag))) => req.if_match(etag),
+            (None, None) => req,
+        };
+        req.send().await.map_err(|e| {
+            let status = status_of(&e);
+            upload_id_err(sdk_err(&self.at("CompleteMultipartUpload", key), e), status)
+        })?;
+        Ok(())
     }
 
     /// Append mode: the object becomes existing bytes + `body`. Small objects are rewritten with
-    /// `If-Match`; objects of 5 MiB and more are extended by a multipart upload whose first part
-    /// copies the existing object server-side. A concurrent writer makes the condition fail and
-    /// the append is retried from the new version.
+    /// `If-Match`; objects of 5 MiB and more are extended by a multipart upload whose first
+    /// parts copy the existing object server-side (the version copied is kept in `state`, so a
+    /// resumed upload completes against it). A concurrent writer makes a condition fail
+    /// ([`ErrorKind::Conflict`]) and the append is made again from the new version.
     async fn append(
         &self,
         key: &str,
@@ -462,6 +705,11 @@ impl S3Store {
         state: &mut UploadState,
         state_path: &Path,
     ) -> Result<(), StoreError> {
+        if state.copied.is_some() {
+            return self
+                .multipart(key, body, part_size, None, state, state_path)
+                .await;
+        }
         let head = self
             .client
             .head_object()
@@ -476,10 +724,10 @@ impl S3Store {
             )),
             Err(e) => {
                 let not_found = e.as_service_error().is_some_and(|s| s.is_not_found())
-                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+                    || status_of(&e) == Some(404);
                 if !not_found {
                     // A HEAD error has no body, so no code: a 1-byte GET says why (auth, bucket...).
-                    let head = sdk_err(&format!("HeadObject s3://{}/{key}", self.bucket), e);
+                    let head = sdk_err(&self.at("HeadObject", key), e);
                     let probe = self
                         .client
                         .get_object()
@@ -489,7 +737,7 @@ impl S3Store {
                         .send()
                         .await;
                     return Err(match probe {
-                        Err(get) => sdk_err(&format!("GetObject s3://{}/{key}", self.bucket), get),
+                        Err(get) => sdk_err(&self.at("GetObject", key), get),
                         Ok(_) => head,
                     });
                 }
@@ -498,7 +746,7 @@ impl S3Store {
         };
         match existing {
             None => {
-                self.put_object(key, body, Some((Expect::Absent, Vec::new())))
+                self.put_object(key, body, Some(Expect::Absent), Vec::new())
                     .await
             }
             Some((size, etag)) if size < MIN_PART => {
@@ -510,28 +758,67 @@ impl S3Store {
                     .if_match(&etag)
                     .send()
                     .await
-                    .map_err(|e| sdk_err(&format!("GetObject s3://{}/{key}", self.bucket), e))?;
+                    .map_err(|e| sdk_err(&self.at("GetObject", key), e))?;
                 let bytes = current
                     .body
                     .collect()
                     .await
-                    .map_err(|e| StoreError(format!("reading s3://{}/{key}: {e}", self.bucket)))?
+                    .map_err(|e| {
+                        StoreError::new(
+                            ErrorKind::Retryable,
+                            format!("reading s3://{}/{key}: {e}", self.bucket),
+                        )
+                    })?
                     .into_bytes();
-                self.put_object(key, body, Some((Expect::Version(etag), bytes.to_vec())))
+                self.put_object(key, body, Some(Expect::Version(etag)), bytes.to_vec())
                     .await
             }
-            Some((_, etag)) => {
-                let source = format!("{}/{}", self.bucket, key);
-                self.multipart(
-                    key,
-                    body,
-                    part_size,
-                    Some((source, etag)),
-                    state,
-                    state_path,
-                )
-                .await
+            Some((size, etag)) => {
+                state.copied = Some((etag, size));
+                Self::save(state, state_path)?;
+                self.multipart(key, body, part_size, None, state, state_path)
+                    .await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_over_5_gib_go_in_ranged_parts() {
+        assert_eq!(copy_ranges(10, 100), vec![(0, 9)]);
+        assert_eq!(copy_ranges(MAX_PART, MAX_PART), vec![(0, MAX_PART - 1)]);
+        let r = copy_ranges(MAX_PART + MIN_PART, MAX_PART);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].0, 0);
+        assert_eq!(r[1].1, MAX_PART + MIN_PART - 1);
+        assert_eq!(r[0].1 + 1, r[1].0);
+        assert!(r
+            .iter()
+            .all(|(a, b)| b - a < MAX_PART && b - a + 1 >= MIN_PART));
+        let r = copy_ranges(3 * MAX_PART + 1, MAX_PART);
+        assert_eq!(r.len(), 4);
+        assert_eq!(r.last().unwrap().1, 3 * MAX_PART);
+    }
+
+    #[test]
+    fn errors_are_classified_by_code_and_status() {
+        assert_eq!(classify(404, "NoSuchBucket"), ErrorKind::Permanent);
+        assert_eq!(classify(403, "AccessDenied"), ErrorKind::Permanent);
+        assert_eq!(classify(403, "InvalidAccessKeyId"), ErrorKind::Permanent);
+        assert_eq!(classify(404, "NoSuchUpload"), ErrorKind::UploadLost);
+        assert_eq!(classify(412, "PreconditionFailed"), ErrorKind::Conflict);
+        assert_eq!(classify(503, "SlowDown"), ErrorKind::Retryable);
+        assert_eq!(classify(403, "RequestTimeTooSkewed"), ErrorKind::Retryable);
+        let refused = upload_id_err(
+            StoreError::new(classify(403, "AccessDenied"), "UploadPart"),
+            Some(403),
+        );
+        assert_eq!(refused.kind, ErrorKind::UploadLost);
+        let throttled = upload_id_err(StoreError::new(ErrorKind::Retryable, "x"), Some(503));
+        assert_eq!(throttled.kind, ErrorKind::Retryable);
     }
 }
