@@ -136,7 +136,7 @@ fn kib_size(p: &Props, key: &str, default: usize) -> Result<usize, ConfigError> 
     let v = prop.value.trim();
     let bytes = match v.parse::<u64>() {
         Ok(kib) => kib.checked_mul(1024),
-        Err(_) => crate::config::units::parse_size(v),
+        Err(_) => crate::config::units::size(v).ok(),
     };
     match bytes {
         Some(b) if (1024..=1 << 30).contains(&b) => Ok(b as usize),

@@ -497,6 +497,7 @@ mod tests {
                     0,
                     i,
                     Marker::default(),
+                    None,
                 )
                 .unwrap();
             }
