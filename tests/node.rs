@@ -96,57 +96,111 @@ impl Container {
     }
 }
 
-/// Union's tail settings into per-tag files under `out/`.
-fn node_config(root: &Path, extra: &str) -> PathBuf {
+/// Where the agent ships: per-tag files under `out/`, or Union's `s3` output (static keys
+/// `persisted-logs/<tag>`, appended) on an S3 server.
+enum Sink {
+    Files,
+    S3 {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+    },
+}
+
+impl Sink {
+    fn output(&self, root: &Path) -> String {
+        match self {
+            Sink::Files => format!(
+                "[OUTPUT]\n    Name file\n    Match *\n    Path {}/out\n    Format plain\n",
+                root.display()
+            ),
+            Sink::S3 { bucket, .. } => format!(
+                "[OUTPUT]\n    Name s3\n    Match *\n    upload_timeout 1s\n    s3_key_format /persisted-logs/$TAG\n    static_file_path true\n    json_date_key false\n    region us-east-1\n    bucket {bucket}\n    endpoint {endpoint}\n    store_dir {root}/spool\n    store_dir_limit_size 2M\n    Retry_Limit no_limits\n",
+                endpoint = std::env::var("NODE_S3_ENDPOINT").unwrap(),
+                root = root.display()
+            ),
+        }
+    }
+
+    /// Every `log` value shipped, and the file or object names (the tags).
+    fn shipped(&self, root: &Path) -> (Vec<String>, Vec<String>) {
+        let mut values = Vec::new();
+        let mut tags = Vec::new();
+        match self {
+            Sink::Files => {
+                for e in std::fs::read_dir(root.join("out")).unwrap().flatten() {
+                    tags.push(e.file_name().to_string_lossy().to_string());
+                    values.extend(log_values(&e.path()));
+                }
+            }
+            Sink::S3 { client, bucket } => {
+                for key in common::peers::list_keys(client, bucket, "persisted-logs/") {
+                    if let Some(body) = common::peers::get_object(client, bucket, &key) {
+                        values.extend(object_logs(&body));
+                    }
+                    tags.push(key.trim_start_matches("persisted-logs/").to_string());
+                }
+            }
+        }
+        tags.sort();
+        (values, tags)
+    }
+
+    fn count(&self, root: &Path) -> usize {
+        match self {
+            Sink::Files => std::fs::read_dir(root.join("out"))
+                .map(|d| d.flatten().map(|e| count_lines(&e.path())).sum())
+                .unwrap_or(0),
+            Sink::S3 { .. } => self.shipped(root).0.len(),
+        }
+    }
+}
+
+/// Union's tail settings, shipping to `sink`.
+fn node_config_to(root: &Path, extra: &str, sink: &Sink) -> PathBuf {
     std::fs::create_dir_all(root.join("out")).unwrap();
     write_config(
         root,
         "agent.conf",
         &format!(
-            "[SERVICE]\n    Flush 1\n    Grace 5\n    Log_Level debug\n[INPUT]\n    Name tail\n    Tag {UNION_TAG}\n    Tag_Regex {UNION_TAG_REGEX}\n    Path {root}/containers/*.log\n    DB {root}/flb_kube.db\n    multiline.parser docker, cri\n    Mem_Buf_Limit 5MB\n    Skip_Long_Lines On\n    Refresh_Interval 1\n    Rotate_Wait 1\n{extra}[OUTPUT]\n    Name file\n    Match *\n    Path {root}/out\n    Format plain\n",
+            "[SERVICE]\n    Flush 1\n    Grace 5\n[INPUT]\n    Name tail\n    Tag {UNION_TAG}\n    Tag_Regex {UNION_TAG_REGEX}\n    Path {root}/containers/*.log\n    DB {root}/flb_kube.db\n    multiline.parser docker, cri\n    Mem_Buf_Limit 5MB\n    Skip_Long_Lines On\n    Refresh_Interval 1\n    Rotate_Wait 1\n{extra}{output}",
             root = root.display(),
+            output = sink.output(root),
         ),
     )
 }
 
-/// Every `log` value written under `out/`, and the file (tag) names.
-fn shipped(root: &Path) -> (Vec<String>, Vec<String>) {
-    let mut values = Vec::new();
-    let mut tags = Vec::new();
-    for e in std::fs::read_dir(root.join("out")).unwrap().flatten() {
-        tags.push(e.file_name().to_string_lossy().to_string());
-        values.extend(log_values(&e.path()));
-    }
-    tags.sort();
-    (values, tags)
+/// Union's tail settings into per-tag files under `out/`.
+fn node_config(root: &Path, extra: &str) -> PathBuf {
+    node_config_to(root, extra, &Sink::Files)
 }
 
 fn shipped_count(root: &Path) -> usize {
-    std::fs::read_dir(root.join("out"))
-        .map(|d| d.flatten().map(|e| count_lines(&e.path())).sum())
-        .unwrap_or(0)
-}
-
-/// Distinct lines shipped (duplicates after a kill are not progress).
-fn shipped_distinct(root: &Path) -> usize {
-    let (values, _) = shipped(root);
-    values
-        .into_iter()
-        .collect::<std::collections::HashSet<_>>()
-        .len()
+    Sink::Files.count(root)
 }
 
 /// Waits until every written line arrived, then checks each container's lines and the tags.
 fn assert_complete(root: &Path, containers: &[Container]) -> usize {
+    assert_complete_in(root, containers, &Sink::Files)
+}
+
+fn assert_complete_in(root: &Path, containers: &[Container], sink: &Sink) -> usize {
     let total: usize = containers.iter().map(|c| c.written).sum();
     let mut polls = 0;
     wait_until(T, "every line shipped", || {
         polls += 1;
-        // Counting lines is cheap; parsing them all only every second.
-        shipped_count(root) >= total && (polls % 50 == 1 && shipped_distinct(root) >= total)
+        // Counting is cheap for files; distinct lines (duplicates after a kill are not
+        // progress) are checked every second.
+        polls % 50 == 1 && sink.count(root) >= total && {
+            let (values, _) = sink.shipped(root);
+            values
+                .into_iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                >= total
+        }
     });
-    std::thread::sleep(Duration::from_millis(1500));
-    let (values, tags) = shipped(root);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (values, tags) = sink.shipped(root);
     let dups: usize = containers
         .iter()
         .map(|c| assert_all_present(&values, &c.prefix, c.written))
@@ -400,8 +454,6 @@ fn node_writer(
 #[test]
 fn kill_9_crash_loop_on_a_node_with_kubelet_rotation_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let dir = Box::leak(Box::new(dir));
-    eprintln!("DEBUGROOT {}", dir.path().display());
     let root = dir.path();
     let cs = vec![
         Container::new(root, "team-a", "web-1", "app"),
@@ -439,4 +491,76 @@ fn kill_9_crash_loop_on_a_node_with_kubelet_rotation_loses_nothing() {
     // Only batches in flight at a kill may repeat: Mem_Buf_Limit 5 MB of ~95-byte lines.
     assert!(dups <= kills * 5_000_000 / 95, "{dups} duplicates");
     drop(agent);
+}
+
+#[test]
+fn kill_9_crash_loop_and_an_outage_with_a_bounded_spool_into_s3() {
+    let p = common::peers::Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // A private S3 server that can be taken down and brought back with its data.
+    let port = free_port();
+    let data = root.join("s3-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut server = common::peers::start_s3s(&p, port, &data);
+    std::env::set_var("NODE_S3_ENDPOINT", format!("http://127.0.0.1:{port}"));
+    let client = p.s3(
+        &format!("http://127.0.0.1:{port}"),
+        p.var("S3S_ACCESS_KEY"),
+        p.var("S3S_SECRET_KEY"),
+    );
+    common::peers::create_bucket(&client, "node-logs");
+    let sink = Sink::S3 {
+        client,
+        bucket: "node-logs".into(),
+    };
+    let cs = vec![
+        Container::new(root, "team-a", "web-1", "app"),
+        Container::new(root, "team-a", "web-2", "app"),
+        Container::new(root, "team-a", "batch-7", "worker"),
+    ];
+    let cfg = node_config_to(root, "", &sink);
+    let run = |cmd: &mut std::process::Command| {
+        common::peers::isolated_aws_env(
+            cmd,
+            Some((p.var("S3S_ACCESS_KEY"), p.var("S3S_SECRET_KEY"))),
+        );
+    };
+    let mut agent = Agent::start_custom(root, &cfg, run);
+    // Files present at the very first start are followed from their end (Fluent Bit's rule).
+    wait_until(T, "tail input started", || {
+        agent.log_text().contains("tail input started")
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = node_writer(cs, 10, 256 * 1024, stop.clone());
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |m: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % m
+    };
+    for round in 0..6 {
+        std::thread::sleep(Duration::from_millis(500 + next(1_500)));
+        if round == 2 {
+            // The store goes away while the node keeps writing and rotating: the 2 MB spool
+            // fills, the input pauses, nothing is dropped.
+            let _ = server.kill();
+            let _ = server.wait();
+            std::thread::sleep(Duration::from_secs(6));
+            server = common::peers::start_s3s(&p, port, &data);
+        }
+        agent.kill9();
+        std::thread::sleep(Duration::from_millis(next(1_500)));
+        agent = Agent::start_custom(root, &cfg, run);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cs = writer.join().unwrap();
+    let dups = assert_complete_in(root, &cs, &sink);
+    let total: usize = cs.iter().map(|c| c.written).sum();
+    eprintln!("s3: 6 kills and an outage, {total} lines: {dups} duplicates");
+    assert!(dups <= 6 * 5_000_000 / 95, "{dups} duplicates");
+    drop(agent);
+    let _ = server.kill();
 }

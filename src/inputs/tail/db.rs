@@ -61,6 +61,8 @@ pub struct ClosedFile {
     pub inode: u64,
     pub size: u64,
     pub end: Marker,
+    /// [`head_hash`] of the file.
+    pub head: Option<u64>,
 }
 
 const SELECT_ROW: &str = "SELECT id, name, offset, inode, offset_marker, offset_marker_size, real_name, head_hash FROM in_tail_files";
@@ -205,7 +207,7 @@ impl OffsetsDb {
                offset_marker_size INTEGER DEFAULT 0);
              CREATE TABLE IF NOT EXISTS logferry_closed (
                inode INTEGER, size INTEGER, end_marker INTEGER, end_marker_size INTEGER,
-               closed INTEGER);
+               head_hash INTEGER, closed INTEGER);
              CREATE TABLE IF NOT EXISTS logferry_meta (key TEXT PRIMARY KEY, value INTEGER);",
         )?;
         // Databases written by Fluent Bit before v5 lack the marker columns, and no Fluent Bit
@@ -356,8 +358,8 @@ impl OffsetsDb {
             tx.execute("DELETE FROM in_tail_files WHERE id=?1", params![id])?;
         }
         tx.execute(
-            "INSERT INTO logferry_closed (inode, size, end_marker, end_marker_size, closed) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![closed.inode as i64, closed.size as i64, closed.end.hash as i64, closed.end.size as i64, unix_ms(now)],
+            "INSERT INTO logferry_closed (inode, size, end_marker, end_marker_size, head_hash, closed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![closed.inode as i64, closed.size as i64, closed.end.hash as i64, closed.end.size as i64, closed.head.map(|h| h as i64), unix_ms(now)],
         )?;
         tx.execute(
             "DELETE FROM logferry_closed WHERE closed < ?1",
@@ -370,7 +372,7 @@ impl OffsetsDb {
     /// Files read to their end and closed (the newest first).
     pub fn closed_files(&self) -> anyhow::Result<Vec<ClosedFile>> {
         let mut stmt = self.conn.prepare(
-            "SELECT inode, size, end_marker, end_marker_size FROM logferry_closed ORDER BY closed DESC",
+            "SELECT inode, size, end_marker, end_marker_size, head_hash FROM logferry_closed ORDER BY closed DESC",
         )?;
         let rows = stmt
             .query_map([], |r| {
@@ -381,6 +383,7 @@ impl OffsetsDb {
                         hash: r.get::<_, i64>(2)? as u64,
                         size: r.get::<_, i64>(3)?.max(0) as u64,
                     },
+                    head: r.get::<_, Option<i64>>(4)?.map(|h| h as u64),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -445,10 +448,13 @@ fn offset_marker_sized(file: &std::fs::File, offset: u64, window: u64) -> Option
     Some(xxhash_rust::xxh3::xxh3_64(buf))
 }
 
-/// Whether `file` is the closed file `closed` (same size and last bytes; the inode is not
-/// compared, so a compressed copy's decompressed bytes match too).
+/// Whether `file` is the closed file `closed` (same size, first and last bytes; the inode is
+/// not compared, so a compressed copy's decompressed bytes match too).
 pub fn is_closed_file(file: &std::fs::File, size: u64, closed: &ClosedFile) -> bool {
-    size == closed.size && marker_matches(file, size, closed.end, size) && closed.end.size > 0
+    size == closed.size
+        && closed.end.size > 0
+        && head_hash(file) == closed.head
+        && marker_matches(file, size, closed.end, size)
 }
 
 #[cfg(test)]
@@ -531,6 +537,7 @@ mod tests {
                 inode: 7,
                 size,
                 end: offset_marker(&file, size),
+                head: head_hash(&file),
             },
         )
         .unwrap();

@@ -164,6 +164,7 @@ impl TailState {
                         inode: row.inode,
                         size: meta.len(),
                         end: db::offset_marker(&file, meta.len()),
+                        head: db::head_hash(&file),
                     },
                 )?;
             }

@@ -220,6 +220,7 @@ impl TailState {
                         inode: id.1,
                         size: f.pos,
                         end: db::offset_marker(&f.file, f.pos),
+                        head: db::head_hash(&f.file),
                     },
                 )?;
             }
