@@ -108,7 +108,7 @@ fn main() -> ExitCode {
     tracing::info!(config = %config_path.display(), "logferry {} starting", env!("CARGO_PKG_VERSION"));
     let result = runtime.block_on(pipeline.run());
     // Blocking tasks still running (a stuck upload, a slow disk) must not hold the exit.
-    runtime.shutdown_timeout(logferry::engine::HARD_STOP_WAIT);
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(()) => {
             tracing::info!("logferry stopped");

@@ -249,3 +249,29 @@ fn stock_parsers_give_fields_for_syslog_and_logfmt_lines() {
         vec![r#"{"level":"info","msg":"hi there","n":"1","debug":true}"#]
     );
 }
+
+#[test]
+fn tls_options_not_applied_are_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = "[INPUT]\n    Name dummy\n[OUTPUT]\n    Name s3\n    Match *\n    bucket b\n    region us-east-1\n    endpoint https://minio.local:9000\n    store_dir /tmp/x\n";
+    for (extra, key) in [
+        ("    tls.verify Off\n", "tls.verify"),
+        ("    tls.ca_file /etc/minio/ca.crt\n", "tls.ca_file"),
+    ] {
+        let (ok, text) = dry_run(&write_config(
+            dir.path(),
+            "tls.conf",
+            &format!("{s3}{extra}"),
+        ));
+        assert!(!ok, "{key} must be refused: {text}");
+        assert!(text.contains("tls.conf:10") && text.contains(key), "{text}");
+    }
+    let (ok, text) = dry_run(&write_config(
+        dir.path(),
+        "ok.conf",
+        &format!(
+            "{s3}    tls On\n    tls.verify On\n    storage.total_limit_size 50M\n    workers 2\n"
+        ),
+    ));
+    assert!(ok, "{text}");
+}

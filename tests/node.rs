@@ -17,6 +17,10 @@ const T: Duration = Duration::from_secs(90);
 const UNION_TAG: &str = "namespace-<namespace_name>.pod-<pod_name>.cont-<container_name>";
 const UNION_TAG_REGEX: &str = r"(?<pod_name>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)_(?<namespace_name>[^_]+)_(?<container_name>.+)-";
 
+/// Lines that can be in flight at a kill (and so repeat after it): `Mem_Buf_Limit 5MB` charges
+/// each ~95-byte line plus 320 bytes of record overhead.
+const IN_FLIGHT_LINES: usize = 5_000_000 / (95 + 320);
+
 struct Container {
     dir: PathBuf,
     log: PathBuf,
@@ -367,6 +371,11 @@ fn a_damaged_offsets_db_is_moved_aside_and_files_are_read_from_their_head() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let mut cs = vec![Container::new(root, "team-a", "web-1", "app")];
+    // Rotated files whose state was in the damaged DB: read again (plain and compressed).
+    cs[0].write(700);
+    cs[0].rotate();
+    cs[0].write(800);
+    cs[0].rotate();
     cs[0].write(1_000);
     let db = root.join("flb_kube.db");
     std::fs::write(
@@ -488,8 +497,7 @@ fn kill_9_crash_loop_on_a_node_with_kubelet_rotation_loses_nothing() {
     let dups = assert_complete(root, &cs);
     let total: usize = cs.iter().map(|c| c.written).sum();
     eprintln!("{kills} kills, {rotations} rotations, {total} lines: {dups} duplicates");
-    // Only batches in flight at a kill may repeat: Mem_Buf_Limit 5 MB of ~95-byte lines.
-    assert!(dups <= kills * 5_000_000 / 95, "{dups} duplicates");
+    assert!(dups <= kills * IN_FLIGHT_LINES, "{dups} duplicates");
     drop(agent);
 }
 
@@ -560,7 +568,48 @@ fn kill_9_crash_loop_and_an_outage_with_a_bounded_spool_into_s3() {
     let dups = assert_complete_in(root, &cs, &sink);
     let total: usize = cs.iter().map(|c| c.written).sum();
     eprintln!("s3: 6 kills and an outage, {total} lines: {dups} duplicates");
-    assert!(dups <= 6 * 5_000_000 / 95, "{dups} duplicates");
+    assert!(dups <= 6 * IN_FLIGHT_LINES, "{dups} duplicates");
     drop(agent);
     let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn a_file_read_to_its_end_and_rotated_while_down_is_not_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut cs = vec![Container::new(root, "team-a", "web-1", "app")];
+    let cfg = node_config(root, "");
+    let mut agent = Agent::start_tailing(root, &cfg);
+    cs[0].write(3_000);
+    kill_when_shipped(&mut agent, root, &cs);
+    // Rotated twice while down, nothing new in the first file: it is not shipped again,
+    // neither as the rotated file nor from its compressed copy.
+    cs[0].rotate();
+    cs[0].write(500);
+    cs[0].rotate();
+    cs[0].write(200);
+    let _agent = Agent::start(root, &cfg);
+    assert_eq!(assert_complete(root, &cs), 0);
+}
+
+#[test]
+fn fast_rotations_between_scans_are_caught_by_watching_the_pod_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut cs = vec![Container::new(root, "team-a", "web-1", "app")];
+    // Fluent Bit's default Refresh_Interval: rotations must be noticed without a rescan tick.
+    let cfg = node_config(root, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("Refresh_Interval 1\n", "Refresh_Interval 60\n");
+    std::fs::write(&cfg, text).unwrap();
+    let _agent = Agent::start_tailing(root, &cfg);
+    for _ in 0..4 {
+        cs[0].write(2_000);
+        cs[0].rotate();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    cs[0].write(100);
+    assert_eq!(assert_complete(root, &cs), 0);
 }

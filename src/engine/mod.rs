@@ -295,6 +295,10 @@ impl Pipeline {
             let retry_limit = outputs::parse_retry_limit(&p, 1)?;
             let instance = alias.clone().unwrap_or_else(|| format!("{name}.{index}"));
             let plugin = OutputPlugin::build(&name, &instance, &p, &service)?;
+            reject_unimplemented_tls(&p)?;
+            // `workers`: outputs write from one task each (the object store uploads several keys
+            // at once); `storage.total_limit_size`: only object stores keep data on disk, and
+            // they read it as their spool bound. Neither changes what is delivered.
             p.accept(&[
                 "log_level",
                 "workers",
@@ -302,7 +306,6 @@ impl Pipeline {
                 "net.connect_timeout",
                 "net.keepalive",
                 "tls",
-                "tls.verify",
             ]);
             p.finish(&name)?;
             let metrics = Arc::new(OutputMetrics {
@@ -400,7 +403,7 @@ impl Pipeline {
         // Each input thread reports its end: `Err` carries why it died.
         let (finished_tx, mut finished_rx) =
             mpsc::unbounded_channel::<(String, Result<(), String>)>();
-        let mut threads = Vec::new();
+        let mut input_threads = 0usize;
         for (input, budget) in inputs.into_iter().zip(budgets) {
             let dispatcher = Dispatcher {
                 metrics: input.metrics(),
@@ -418,11 +421,27 @@ impl Pipeline {
             };
             let done = finished_tx.clone();
             let name = input.metrics().name.clone();
-            threads.push(
+            input_threads += 1;
+            drop(
                 std::thread::Builder::new()
                     .name(name.clone())
                     .spawn(move || {
-                        let result = input.run(ctx).map_err(|e| format!("{e:#}"));
+                        // A panic is an input failure too: it must reach the engine, not
+                        // vanish with the thread.
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            input.run(ctx)
+                        }));
+                        let result = match result {
+                            Ok(r) => r.map_err(|e| format!("{e:#}")),
+                            Err(panic) => Err(format!(
+                                "panicked: {}",
+                                panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| s.to_string())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_default()
+                            )),
+                        };
                         let _ = done.send((name, result));
                     })?,
             );
@@ -433,23 +452,32 @@ impl Pipeline {
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut failure: Option<String> = None;
+        let mut ended = 0usize;
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM received: stopping inputs, flushing within Grace {}s", service.grace.as_secs()),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received: stopping inputs, flushing within Grace {}s", service.grace.as_secs()),
-            ended = finished_rx.recv() => match ended {
+            report = finished_rx.recv() => match report {
                 // An input that finished its work (Exit_On_Eof, dummy Samples) ends the run.
-                Some((name, Ok(()))) => tracing::debug!(input = %name, "input finished"),
+                Some((name, Ok(()))) => {
+                    ended += 1;
+                    tracing::debug!(input = %name, "input finished");
+                }
                 Some((name, Err(e))) => {
+                    ended += 1;
                     // A dead input must not leave the agent running half blind, nor exit 0:
                     // stop everything and exit non-zero so a supervisor restarts it.
                     tracing::error!(input = %name, "input stopped with an error: {e}; stopping logferry");
                     failure = Some(format!("input '{name}' failed: {e}"));
                 }
-                None => {}
+                // Every input thread is gone without a word: treat it as a failure.
+                None => failure = Some("every input stopped without reporting why".to_string()),
             }
         }
         stop.store(true, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + service.grace;
+        // One bound for everything after Grace: outputs that ignore the hard stop and inputs
+        // still committing are left behind, not waited for one after the other.
+        let hard_deadline = deadline + HARD_STOP_WAIT;
         let all_done = async {
             for task in output_tasks {
                 let _ = task.await;
@@ -463,24 +491,28 @@ impl Pipeline {
         {
             tracing::warn!("Grace period expired before every output finished: unacknowledged records are read again on restart, spooled ones stay in the output's store_dir");
             let _ = hard_stop_tx.send(true);
-            // Outputs stop at the hard stop; one that does not is left behind, not waited for.
-            if tokio::time::timeout(HARD_STOP_WAIT, all_done)
+            if tokio::time::timeout_at(hard_deadline, all_done)
                 .await
                 .is_err()
             {
                 tracing::warn!("an output did not stop within {}s of the hard stop: exiting without it (its spooled data stays on disk)", HARD_STOP_WAIT.as_secs());
             }
         }
-        let join = tokio::task::spawn_blocking(move || {
-            threads.into_iter().for_each(|t| {
-                let _ = t.join();
-            })
-        });
-        let _ = tokio::time::timeout(HARD_STOP_WAIT, join).await;
-        // Inputs that ended after the loop above may have failed too.
-        while let Ok((name, result)) = finished_rx.try_recv() {
-            if let (Err(e), None) = (result, &failure) {
-                failure = Some(format!("input '{name}' failed: {e}"));
+        // Inputs report their end on `finished_rx` (threads are not joined: a stuck one must
+        // not hold the exit).
+        while ended < input_threads {
+            match tokio::time::timeout_at(hard_deadline, finished_rx.recv()).await {
+                Ok(Some((name, result))) => {
+                    ended += 1;
+                    if let (Err(e), None) = (result, &failure) {
+                        failure = Some(format!("input '{name}' failed: {e}"));
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!("{} input(s) did not stop in time: exiting without them (what they did not commit is read again on restart)", input_threads - ended);
+                    break;
+                }
             }
         }
         let read: u64 = registry.inputs.iter().map(|i| i.records.get()).sum();
@@ -492,6 +524,20 @@ impl Pipeline {
             None => Ok(()),
         }
     }
+}
+
+/// `tls.verify Off` and `tls.ca_file` are not applied to outputs yet: refused, rather than
+/// accepted without effect (a user who set them expects a behaviour they would not get).
+fn reject_unimplemented_tls(p: &Props) -> Result<(), ConfigError> {
+    if let Some(v) = p.prop("tls.verify") {
+        if crate::config::units::parse_bool(&v.value) == Some(false) {
+            return Err(ConfigError::key(v, "turning certificate verification off is not supported: trust the server's CA instead (add it to the system store, or point SSL_CERT_FILE at a bundle that includes it)"));
+        }
+    }
+    if let Some(v) = p.prop("tls.ca_file") {
+        return Err(ConfigError::key(v, "not supported yet for outputs: add the CA to the system store, or point SSL_CERT_FILE at a bundle that includes it"));
+    }
+    Ok(())
 }
 
 impl TagMatcher {

@@ -3,7 +3,10 @@
 //!
 //! Invariant 1: a claim is settled as delivered only after the plugin's `write` returned Ok (for
 //! `file`, after fsync). A batch that exhausts `Retry_Limit` is settled as dropped, counted in
-//! `retries_failed`/`dropped_records` and logged with Fluent Bit's "cannot be retried" line.
+//! `retries_failed`/`dropped_records` and logged with Fluent Bit's "cannot be retried" line —
+//! except for object-store outputs: there `Retry_Limit` governs uploads (which are retried from
+//! the spool until delivered), and a failed write into the local spool (a full or failing disk)
+//! is retried until it succeeds, holding the input back, never dropped.
 //! Invariant 2: the runner blocks on a failing batch (no unbounded retry queue); the inputs'
 //! byte budgets then fill and reading pauses.
 
@@ -76,6 +79,11 @@ impl OutputPlugin {
         if let OutputPlugin::ObjectStore(o) = self {
             o.finish().await;
         }
+    }
+
+    /// Whether a failed write is retried without limit instead of dropped at `Retry_Limit`.
+    fn never_drops(&self) -> bool {
+        matches!(self, OutputPlugin::ObjectStore(_))
     }
 
     /// Writes every batch; Ok means the destination has them durably.
@@ -188,7 +196,9 @@ impl OutputRunner {
                     Err(e) => {
                         self.metrics.errors.add(1);
                         self.health.error();
-                        if self.retry_limit.is_none_or(|limit| attempt < limit) {
+                        let retry = self.plugin.never_drops()
+                            || self.retry_limit.is_none_or(|limit| attempt < limit);
+                        if retry {
                             let wait = self.backoff.delay(attempt);
                             attempt += 1;
                             self.metrics.retries.add(1);

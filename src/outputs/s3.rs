@@ -139,7 +139,12 @@ pub fn build(
             sub: PathBuf::from(instance).join(&bucket),
         },
     };
-    let limit = p.size("store_dir_limit_size", DEFAULT_SPOOL_LIMIT)?;
+    // Fluent Bit's generic `storage.total_limit_size` bounds an output's on-disk buffer: here
+    // that is the spool, unless `store_dir_limit_size` says otherwise.
+    let limit = match p.prop("store_dir_limit_size") {
+        Some(_) => p.size("store_dir_limit_size", DEFAULT_SPOOL_LIMIT)?,
+        None => p.size("storage.total_limit_size", DEFAULT_SPOOL_LIMIT)?,
+    };
     p.accept(&[
         "preserve_data_ordering",
         "auto_retry_requests",

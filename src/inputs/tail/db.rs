@@ -162,6 +162,8 @@ impl OffsetsDb {
                 tracing::error!(db = %path.display(), moved_to = %aside.display(), "offsets DB is corrupt ({e:#}): moved aside, starting a fresh one; every file is read from its head (lines may repeat, none is lost)");
                 let mut db = Self::open_checked(path, sync, locking, journal_mode)?;
                 db.existed_before = true;
+                // Nothing is known: every sibling, compressed or not, is read again.
+                db.last_scan = None;
                 db.moved_aside = Some(aside);
                 Ok(db)
             }
@@ -175,6 +177,16 @@ impl OffsetsDb {
         locking: bool,
         journal_mode: &str,
     ) -> anyhow::Result<Self> {
+        // For a DB another program wrote (Fluent Bit): when it last wrote, read before this
+        // connection writes to it.
+        let written = ["", "-wal"]
+            .iter()
+            .filter_map(|side| {
+                std::fs::metadata(format!("{}{side}", path.display()))
+                    .and_then(|m| m.modified())
+                    .ok()
+            })
+            .max();
         let conn = Connection::open(path)?;
         let sync_level = match sync.to_ascii_lowercase().as_str() {
             "extra" => "EXTRA",
@@ -236,7 +248,7 @@ impl OffsetsDb {
         // A DB Fluent Bit wrote: it was last written when its file was.
         let last_scan = last_scan
             .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
-            .or_else(|| std::fs::metadata(path).and_then(|m| m.modified()).ok());
+            .or(written);
         Ok(OffsetsDb {
             conn,
             existed_before: false,
@@ -323,6 +335,16 @@ impl OffsetsDb {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// The row's file is now read from another file holding the same bytes (a decompressed
+    /// copy): one update, so a crash leaves the row pointing at one or the other.
+    pub fn repoint(&self, id: i64, real_name: &str, inode: u64) -> anyhow::Result<()> {
+        self.conn.execute(
+            "UPDATE in_tail_files SET real_name=?1, inode=?2, rotated=1 WHERE id=?3",
+            params![real_name, inode as i64, id],
+        )?;
         Ok(())
     }
 

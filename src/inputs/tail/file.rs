@@ -279,6 +279,8 @@ impl TailedFile {
         self.inflight.clear();
         self.committed = 0;
         self.committed_dirty = true;
+        // New content: the first bytes are recorded again.
+        self.head_recorded = false;
     }
 
     /// Registers a dispatched batch; returns its sequence number.

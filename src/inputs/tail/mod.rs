@@ -43,6 +43,8 @@ const READ_SIZE: usize = 256 * 1024;
 /// A name no longer matched is still checked for rotated siblings this long (files rotated
 /// just before a container stopped).
 const FORGET_ROTATION_NAMES: Duration = Duration::from_secs(600);
+/// How often the time of the last scan is written to the DB, at most.
+const SCAN_RECORD_INTERVAL: Duration = Duration::from_secs(5);
 /// How often gone files, lag and multiline timeouts are checked.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
@@ -107,7 +109,12 @@ struct TailState {
     order: Vec<FileId>,
     signals: mpsc::Receiver<Signal>,
     sender: mpsc::Sender<Signal>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    watcher: Option<notify::RecommendedWatcher>,
+    /// Directories watched: those of the `Path` patterns and the real directories of matched
+    /// files (a `/var/log/containers` symlink's target), where rotations happen.
+    watched: HashSet<PathBuf>,
+    /// When the last scan was recorded in the DB (at most every few seconds).
+    scan_recorded: Instant,
     stats: LineStats,
     started: bool,
     /// Recently closed files: a drained rotated file must not be picked up again.
@@ -144,7 +151,6 @@ impl TailState {
         let (sender, signals) = mpsc::channel();
         let watcher = {
             use notify::event::{EventKind, ModifyKind};
-            use notify::Watcher;
             let tx = sender.clone();
             match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let signal = match event.map(|e| e.kind) {
@@ -154,14 +160,7 @@ impl TailState {
                 };
                 let _ = tx.send(signal);
             }) {
-                Ok(mut w) => {
-                    for dir in cfg.watch_dirs() {
-                        if let Err(e) = w.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                            tracing::warn!(input = %cfg.metrics.name, dir = %dir.display(), "cannot watch directory (falling back to Refresh_Interval scans): {e}");
-                        }
-                    }
-                    Some(w)
-                }
+                Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!(input = %cfg.metrics.name, "inotify unavailable (falling back to Refresh_Interval scans): {e}");
                     None
@@ -180,7 +179,9 @@ impl TailState {
             order: Vec::new(),
             signals,
             sender,
-            _watcher: watcher,
+            watcher,
+            watched: HashSet::new(),
+            scan_recorded: Instant::now(),
             stats: LineStats::default(),
             started: false,
             closed: Default::default(),
@@ -190,6 +191,9 @@ impl TailState {
             last_scan: std::time::SystemTime::now(),
             recovered_dir,
         };
+        for dir in state.cfg.watch_dirs() {
+            state.watch(&dir);
+        }
         state.discover()?;
         if state.files.is_empty() {
             let cwd = std::env::current_dir().unwrap_or_default();
@@ -204,6 +208,20 @@ impl TailState {
         state.started = true;
         tracing::info!(input = %state.cfg.metrics.name, files = state.files.len(), "tail input started");
         Ok(state)
+    }
+
+    /// Watches `dir` for new, renamed and written files (once; a failure only means waiting
+    /// for `Refresh_Interval` scans there).
+    fn watch(&mut self, dir: &Path) {
+        use notify::Watcher;
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        if self.watched.insert(dir.to_path_buf()) {
+            if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!(input = %self.cfg.metrics.name, dir = %dir.display(), "cannot watch directory (falling back to Refresh_Interval scans): {e}");
+            }
+        }
     }
 
     fn stopping(&self) -> bool {
@@ -225,7 +243,9 @@ impl TailState {
             seen.insert(id);
             if !self.rotation_names.contains_key(&path) {
                 if let Some(name) = RotationName::resolve(&path, id) {
+                    let dir = name.dir.clone();
                     self.rotation_names.insert(path.clone(), name);
+                    self.watch(&dir);
                 }
             }
             if let Some(f) = self.files.get_mut(&id) {
@@ -298,9 +318,12 @@ impl TailState {
         }
         self.look_for_unseen_rotations(&current)?;
         self.last_scan = scan_started;
-        if self.started {
+        // Recorded every few seconds, not at every scan: an older time only means a few more
+        // siblings are checked (and skipped by their closed records) after a restart.
+        if self.started && self.scan_recorded.elapsed() >= SCAN_RECORD_INTERVAL {
             if let Some(db) = &self.db {
                 db.record_scan(scan_started)?;
+                self.scan_recorded = Instant::now();
             }
         }
         Ok(())

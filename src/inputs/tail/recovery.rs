@@ -20,6 +20,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -32,10 +33,10 @@ use super::{find_by_inode, open_same, Start, TailState};
 const SCAN_SLACK: Duration = Duration::from_secs(2);
 
 /// A directory whose `<prefix>*` siblings belong to the matched name `logical`.
-struct Place {
-    dir: PathBuf,
-    prefix: String,
-    logical: PathBuf,
+pub(super) struct Place {
+    pub(super) dir: PathBuf,
+    pub(super) prefix: String,
+    pub(super) logical: PathBuf,
 }
 
 /// A sibling decompressed into the recovery directory.
@@ -87,49 +88,13 @@ impl TailState {
             pending.push(row);
         }
         self.clear_stale_decompressed()?;
+        // Rows closed just above are already read: reload the records.
+        let closed = match &self.db {
+            Some(db) => db.closed_files()?,
+            None => closed,
+        };
         for place in &places {
-            for (path, meta) in siblings(&place.dir, &place.prefix) {
-                let id = identity(&meta);
-                if self.files.contains_key(&id) {
-                    continue;
-                }
-                let changed_since_scan =
-                    since.is_none_or(|s| meta.modified().map_or(true, |m| m >= s));
-                let Some((file, meta)) = open_same(&path, id) else {
-                    continue;
-                };
-                if is_compressed(&path, &file) {
-                    let owner_here = pending
-                        .iter()
-                        .any(|r| row_real_path(r).parent() == Some(place.dir.as_path()));
-                    if changed_since_scan || owner_here {
-                        self.recover_compressed(
-                            &path,
-                            place,
-                            &mut pending,
-                            &closed,
-                            changed_since_scan,
-                        )?;
-                    }
-                    continue;
-                }
-                let size = meta.len();
-                if !changed_since_scan
-                    || closed
-                        .iter()
-                        .any(|c| c.inode == id.1 && db::is_closed_file(&file, size, c))
-                {
-                    continue;
-                }
-                tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), bytes = size, "file born and rotated while logferry was down: reading it from its start");
-                self.open_gone(
-                    place.logical.clone(),
-                    path,
-                    file,
-                    &meta,
-                    Start::New { offset: 0 },
-                )?;
-            }
+            self.adopt_siblings(place, since, &mut pending, &closed)?;
         }
         for row in pending {
             tracing::warn!(input = %self.cfg.metrics.name, file = %row_real_path(&row).display(), offset = row.offset, "a followed file was deleted while logferry was down (no copy of it found, compressed or not): what was not read of it is lost");
@@ -140,14 +105,71 @@ impl TailState {
         Ok(())
     }
 
+    /// Reads the siblings of a matched name that were never seen: changed since `since` (the
+    /// previous scan; all of them when unknown), neither followed, closed (by identity or, from
+    /// the DB, by size and first and last bytes) nor parked. Compressed ones are decompressed
+    /// at start: the unread end of a `pending` row, or a whole file born while the agent was
+    /// down. While running, a compressed sibling is the compressor's copy of a file already
+    /// followed (the real directories are watched, so none is born unseen) and is skipped.
+    /// Used at start and whenever the file under a matched name changed between two scans.
+    pub(super) fn adopt_siblings(
+        &mut self,
+        place: &Place,
+        since: Option<SystemTime>,
+        pending: &mut Vec<FileRow>,
+        closed: &[ClosedFile],
+    ) -> anyhow::Result<()> {
+        for (path, meta) in siblings(&place.dir, &place.prefix) {
+            let id = identity(&meta);
+            if self.files.contains_key(&id) || self.closed.contains(&id) || self.is_parked(id) {
+                continue;
+            }
+            let changed_since_scan = since.is_none_or(|s| meta.modified().map_or(true, |m| m >= s));
+            let Some((file, meta)) = open_same(&path, id) else {
+                continue;
+            };
+            if is_compressed(&path, &file) {
+                if self.started {
+                    continue;
+                }
+                let owner_here = pending
+                    .iter()
+                    .any(|r| row_real_path(r).parent() == Some(place.dir.as_path()));
+                if changed_since_scan || owner_here {
+                    self.recover_compressed(&path, place, pending, closed, changed_since_scan)?;
+                }
+                continue;
+            }
+            let size = meta.len();
+            if !changed_since_scan
+                || closed
+                    .iter()
+                    .any(|c| c.inode == id.1 && db::is_closed_file(&file, size, c))
+            {
+                continue;
+            }
+            tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), bytes = size, "found a rotated file never opened (born and rotated between two scans, or while logferry was down): reading it from its start");
+            self.open_gone(
+                place.logical.clone(),
+                path,
+                file,
+                &meta,
+                Start::New { offset: 0 },
+            )?;
+        }
+        Ok(())
+    }
+
     /// Reopens a row's file found by inode in `dir`; false if it is not there.
     fn resume_row_by_inode(&mut self, row: &FileRow, dir: &Path) -> anyhow::Result<bool> {
         let Some((path, meta)) = find_by_inode(dir, row.inode) else {
             return Ok(false);
         };
         let id = identity(&meta);
-        if self.files.contains_key(&id) {
-            return Ok(true);
+        if let Some(f) = self.files.get(&id) {
+            // Followed under this row, or under another one (an inode reused by a new file):
+            // then this row's own file is elsewhere or gone.
+            return Ok(f.db_row == Some(row.id));
         }
         let Some((file, meta)) = open_same(&path, id) else {
             return Ok(false);
@@ -213,32 +235,56 @@ impl TailState {
             };
             same_start && db::marker_matches(&d.file, row.offset, row.marker, size)
         });
-        let (logical, offset) = match owner {
+        let being_read =
+            head.is_some() && self.files.values().any(|f| db::head_hash(&f.file) == head);
+        let (logical, start) = match owner {
             Some(i) => {
                 let row = pending.remove(i);
-                if let Some(db) = &self.db {
-                    db.delete(row.id)?;
-                }
-                (PathBuf::from(&row.name), row.offset)
+                (
+                    PathBuf::from(&row.name),
+                    Start::Row {
+                        row: row.id,
+                        offset: row.offset,
+                    },
+                )
             }
             None if !changed_since_scan
+                || being_read
                 || closed.iter().any(|c| db::is_closed_file(&d.file, size, c)) =>
             {
                 let _ = std::fs::remove_file(&d.path);
                 return Ok(());
             }
-            None => (place.logical.clone(), 0),
+            None => (place.logical.clone(), Start::New { offset: 0 }),
+        };
+        let offset = match start {
+            Start::Row { offset, .. } | Start::New { offset } => offset,
         };
         if offset >= size {
             let _ = std::fs::remove_file(&d.path);
+            if let (Some(db), Start::Row { row, .. }) = (&mut self.db, &start) {
+                db.close(
+                    Some(*row),
+                    &ClosedFile {
+                        inode: d.meta.ino(),
+                        size,
+                        end: db::offset_marker(&d.file, size),
+                        head,
+                    },
+                )?;
+            }
             return Ok(());
+        }
+        if let (Some(db), Start::Row { row, .. }) = (&self.db, &start) {
+            // The row now follows the copy: one update, never a moment without a row.
+            db.repoint(*row, &d.path.to_string_lossy(), d.meta.ino())?;
         }
         self.cfg
             .metrics
             .compressed_recovered_bytes
             .add(size - offset);
-        tracing::info!(input = %self.cfg.metrics.name, file = %d.source.display(), offset, bytes = size - offset, "rotated and compressed while logferry was down: reading it from its compressed copy");
-        self.open_gone(logical, d.path, d.file, &d.meta, Start::New { offset })
+        tracing::info!(input = %self.cfg.metrics.name, file = %d.source.display(), offset, bytes = size - offset, "rotated and compressed before logferry read it: reading it from its compressed copy");
+        self.open_gone(logical, d.path, d.file, &d.meta, start)
     }
 
     /// Decompresses `source` (gzip or zstd) into the recovery directory, fsynced. A damaged

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::db::{self, ClosedFile, Marker};
 use super::file::{identity, FileId, Presence};
+use super::recovery::Place;
 use super::{find_by_inode, open_same, Start, TailState, FORGET_ROTATION_NAMES};
 
 /// A matched name whose rotated siblings are looked for.
@@ -124,59 +125,37 @@ impl TailState {
     ) -> anyhow::Result<()> {
         self.rotation_names
             .retain(|_, n| n.last_matched.elapsed() < FORGET_ROTATION_NAMES);
-        let mut changed: Vec<(PathBuf, String, PathBuf)> = Vec::new();
+        let mut changed: Vec<Place> = Vec::new();
         for (logical, name) in self.rotation_names.iter_mut() {
             let now = current.get(logical).copied();
             if now.is_none() || now != name.last_id {
-                changed.push((name.dir.clone(), name.prefix.clone(), logical.clone()));
+                changed.push(Place {
+                    dir: name.dir.clone(),
+                    prefix: name.prefix.clone(),
+                    logical: logical.clone(),
+                });
             }
             name.last_id = now;
             if now.is_some() {
                 name.last_matched = Instant::now();
             }
         }
-        for (dir, prefix, logical) in changed {
-            self.adopt_unseen_rotations(&dir, &prefix, &logical)?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let closed = match &self.db {
+            Some(db) => db.closed_files()?,
+            None => Vec::new(),
+        };
+        let since = Some(self.last_scan - Duration::from_secs(1));
+        for place in &changed {
+            self.adopt_siblings(place, since, &mut Vec::new(), &closed)?;
         }
         Ok(())
     }
 
-    /// A file can be created and rotated away between two scans (fast rotation): it was never
-    /// opened. Siblings named `<basename>.*` that changed since the previous scan and are
-    /// neither followed, parked nor recently closed are read from their head.
-    fn adopt_unseen_rotations(
-        &mut self,
-        dir: &Path,
-        prefix: &str,
-        logical: &Path,
-    ) -> anyhow::Result<()> {
-        let since = self.last_scan - Duration::from_secs(1);
-        for (path, scanned) in siblings(dir, prefix) {
-            let id = identity(&scanned);
-            if changed_at(&scanned) < since
-                || self.files.contains_key(&id)
-                || self.closed.contains(&id)
-                || self.parked.iter().any(|p| p.id == id)
-            {
-                continue;
-            }
-            let Some((file, meta)) = open_same(&path, id) else {
-                continue;
-            };
-            if is_compressed(&path, &file) {
-                // The kubelet gzips the previous rotated log as it rotates the current one.
-                continue;
-            }
-            tracing::info!(input = %self.cfg.metrics.name, file = %path.display(), "found a file rotated before it was opened: reading it from its start");
-            self.open_gone(
-                logical.to_path_buf(),
-                path,
-                file,
-                &meta,
-                Start::New { offset: 0 },
-            )?;
-        }
-        Ok(())
+    pub(super) fn is_parked(&self, id: FileId) -> bool {
+        self.parked.iter().any(|p| p.id == id)
     }
 
     /// Ships the last line (without newline) of rotated files read to their end, then closes
