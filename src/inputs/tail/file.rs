@@ -63,6 +63,8 @@ pub struct TailedFile {
     pub size: u64,
     /// The DB row has the hash of the file's first bytes.
     pub head_recorded: bool,
+    /// When the file is looked at next: at once after it had data, later when it was idle.
+    pub next_poll: Instant,
 }
 
 /// What one read produced.
@@ -120,6 +122,7 @@ impl TailedFile {
             at_eof: false,
             size,
             head_recorded: false,
+            next_poll: Instant::now(),
         }
     }
 

@@ -43,6 +43,12 @@ const READ_SIZE: usize = 256 * 1024;
 /// A name no longer matched is still checked for rotated siblings this long (files rotated
 /// just before a container stopped).
 const FORGET_ROTATION_NAMES: Duration = Duration::from_secs(600);
+/// An idle file is looked at again after this long (and the loop sleeps as long as nothing
+/// is due).
+const IDLE_POLL: Duration = Duration::from_millis(250);
+/// A turn that read less than this waits [`COALESCE_WAIT`] before the next one.
+const COALESCE_BYTES: u64 = 64 * 1024;
+const COALESCE_WAIT: Duration = Duration::from_millis(50);
 /// How often the time of the last scan is written to the DB, at most.
 const SCAN_RECORD_INTERVAL: Duration = Duration::from_secs(5);
 /// How often gone files, lag and multiline timeouts are checked.
@@ -417,26 +423,39 @@ impl TailState {
         );
     }
 
-    fn handle_signals(&mut self, wait: Option<Duration>) -> bool {
+    /// Handles acknowledgements and watcher events; true if names changed (rescan). Waits up
+    /// to `wait` for the first signal, or, when `whole_wait`, for all of `wait` (a coalescing
+    /// pause that writes to a busy file must not cut short).
+    fn handle_signals(&mut self, wait: Option<Duration>, whole_wait: bool) -> bool {
         let mut fs_changed = false;
-        let first = match wait {
-            Some(d) => self.signals.recv_timeout(d).ok(),
-            None => self.signals.try_recv().ok(),
-        };
-        let mut next = first;
-        while let Some(signal) = next {
-            match signal {
-                Signal::Ack { file, seq } => {
-                    if let Some(f) = self.files.get_mut(&file) {
-                        f.acknowledge(seq);
+        let deadline = wait.map(|d| Instant::now() + d);
+        loop {
+            let first = match deadline {
+                Some(d) => self
+                    .signals
+                    .recv_timeout(d.saturating_duration_since(Instant::now()))
+                    .ok(),
+                None => self.signals.try_recv().ok(),
+            };
+            let got_any = first.is_some();
+            let mut next = first;
+            while let Some(signal) = next {
+                match signal {
+                    Signal::Ack { file, seq } => {
+                        if let Some(f) = self.files.get_mut(&file) {
+                            f.acknowledge(seq);
+                        }
                     }
+                    Signal::FsChanged => fs_changed = true,
+                    Signal::Wake => {}
                 }
-                Signal::FsChanged => fs_changed = true,
-                Signal::Wake => {}
+                next = self.signals.try_recv().ok();
             }
-            next = self.signals.try_recv().ok();
+            let more_time = deadline.is_some_and(|d| Instant::now() < d);
+            if !(whole_wait && got_any && more_time && !fs_changed && !self.stopping()) {
+                return fs_changed;
+            }
         }
-        fs_changed
     }
 
     fn persist_offsets(&mut self) -> anyhow::Result<()> {
@@ -526,7 +545,7 @@ impl TailState {
         let mut rescan_requested = false;
         let mut turn = 0usize;
         loop {
-            rescan_requested |= self.handle_signals(None);
+            rescan_requested |= self.handle_signals(None, false);
             if self.stopping() {
                 return Ok(());
             }
@@ -547,8 +566,12 @@ impl TailState {
             let full = self.ctx.as_ref().is_some_and(|c| c.dispatcher.is_full());
             self.cfg.metrics.paused.set(full as i64);
             let mut read_any = false;
+            let mut read_bytes = 0u64;
+            let now = Instant::now();
             if !full && !self.order.is_empty() {
-                // One chunk from each file in turn, starting where the last round stopped.
+                // One chunk from each due file in turn, starting where the last round stopped.
+                // A file that had nothing is looked at again after IDLE_POLL, so 500 idle files
+                // cost a few fstat calls a second, not one each per turn.
                 let n = self.order.len();
                 for k in 0..n {
                     if self.ctx.as_ref().is_some_and(|c| c.dispatcher.is_full()) {
@@ -559,15 +582,21 @@ impl TailState {
                         continue;
                     }
                     let f = self.files.get_mut(&id).expect("ordered files are tracked");
+                    if f.next_poll > now {
+                        continue;
+                    }
                     match f.read_chunk(READ_SIZE, &self.cfg.limits, &mut self.stats) {
                         Ok(Some(out)) => {
                             read_any = true;
+                            read_bytes += out.bytes;
+                            f.next_poll = now;
                             if !out.events.is_empty() || out.commit_offset > f.committed {
                                 self.dispatch(id, out);
                             }
                         }
-                        Ok(None) => {}
+                        Ok(None) => f.next_poll = now + IDLE_POLL,
                         Err(e) => {
+                            f.next_poll = now + IDLE_POLL;
                             tracing::warn!(input = %self.cfg.metrics.name, file = %f.path.display(), "read failed: {e}")
                         }
                     }
@@ -582,13 +611,20 @@ impl TailState {
                 tracing::info!(input = %self.cfg.metrics.name, "all files read to their end (Exit_On_Eof)");
                 return Ok(());
             }
-            if !read_any {
+            // A turn that found little waits a moment so a slowly written file is read in
+            // batches rather than a line per turn (a full read buffer goes on at once).
+            if read_bytes < COALESCE_BYTES {
                 let wait = if full {
                     Duration::from_millis(5)
+                } else if read_any {
+                    COALESCE_WAIT
                 } else {
-                    Duration::from_millis(250)
+                    let due = self.files.values().map(|f| f.next_poll).min();
+                    due.map_or(IDLE_POLL, |d| d.saturating_duration_since(Instant::now()))
+                        .clamp(Duration::from_millis(5), IDLE_POLL)
                 };
-                rescan_requested |= self.handle_signals(Some(wait));
+                let coalescing = read_any && !full;
+                rescan_requested |= self.handle_signals(Some(wait), coalescing);
             }
         }
     }
@@ -609,10 +645,10 @@ impl TailState {
         drop(self.ctx.take());
         let deadline = Instant::now() + self.grace;
         while self.files.values().any(|f| !f.inflight.is_empty()) && Instant::now() < deadline {
-            self.handle_signals(Some(Duration::from_millis(50)));
+            self.handle_signals(Some(Duration::from_millis(50)), false);
             self.persist_offsets()?;
         }
-        self.handle_signals(None);
+        self.handle_signals(None, false);
         self.persist_offsets()?;
         let unacked: usize = self.files.values().map(|f| f.inflight.len()).sum();
         if unacked > 0 {
