@@ -10,8 +10,12 @@
 //! Invariant 3 (a restart is not a first start) needs more than Fluent Bit stores; logferry adds,
 //! in ways Fluent Bit ignores (a trailing column and tables of its own):
 //! - `in_tail_files.real_name`: the resolved path (a `/var/log/containers` symlink's target,
-//!   then the rotated name), while `name` stays the matched path the tag is built from. A file
-//!   rotated while the agent was down is looked for in that directory.
+//!   then the rotated name), while `name` stays the matched path the tag is built from (Fluent
+//!   Bit rewrites `name` to the rotated path instead). A file rotated while the agent was down
+//!   is looked for in that directory.
+//! - `in_tail_files.head_hash`: the hash of the file's first 64 bytes. Inodes are reused as
+//!   soon as a file is deleted (the kubelet deletes what it compressed) and many lines end
+//!   alike, so a row belongs to a file only if its first bytes and its marker both fit.
 //! - `logferry_closed`: files read to their end (inode, size, hash of the last bytes), so a
 //!   rotated sibling or its gzipped copy that was already shipped is not read again.
 //! - `logferry_meta.last_scan`: when the agent last finished looking at its files; a sibling
@@ -220,6 +224,7 @@ impl OffsetsDb {
              CREATE TABLE IF NOT EXISTS logferry_closed (
                inode INTEGER, size INTEGER, end_marker INTEGER, end_marker_size INTEGER,
                head_hash INTEGER, closed INTEGER);
+             CREATE INDEX IF NOT EXISTS logferry_closed_at ON logferry_closed (closed);
              CREATE TABLE IF NOT EXISTS logferry_meta (key TEXT PRIMARY KEY, value INTEGER);",
         )?;
         // Databases written by Fluent Bit before v5 lack the marker columns, and no Fluent Bit

@@ -176,9 +176,8 @@ impl TailedFile {
             if line.last() == Some(&b'\r') {
                 line.truncate(line.len() - 1);
             }
-            if let Some(from) = self.skipping_from.take() {
+            if self.skipping_from.take().is_some() {
                 // End of a long line that was being skipped.
-                let _ = from;
                 line_start += line_len;
                 continue;
             }

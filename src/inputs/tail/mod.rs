@@ -259,6 +259,9 @@ impl TailState {
                     // Renamed to another matched name: same file, keep reading it.
                     f.path = path.clone();
                     f.tag = Arc::from(self.cfg.compose_tag(&path));
+                    if let Ok(real) = std::fs::canonicalize(&path) {
+                        f.real_path = real;
+                    }
                     if let (Some(db), Some(row)) = (&self.db, f.db_row) {
                         db.set_name(row, &path.to_string_lossy(), &f.real_path.to_string_lossy())?;
                     }

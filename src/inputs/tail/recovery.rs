@@ -7,8 +7,8 @@
 //!   under.
 //! - If that file is gone too, the kubelet compressed it (`0.log.<time>.gz`, done at the next
 //!   rotation): the compressed siblings are decompressed next to the DB and the one whose first
-//!   bytes are the row's head hash, or whose bytes before the row's offset are the row's marker,
-//!   is read on from that offset. No other shipper
+//!   bytes are the row's head hash and whose bytes before the row's offset are the row's marker
+//!   (the marker alone for a row without a head hash) is read on from that offset. No other shipper
 //!   does this; each such read is logged and its bytes counted.
 //! - Siblings not in the DB that changed after the previous run's last scan were never seen
 //!   (born while the agent was down, or just before it died): read from their head
@@ -293,18 +293,14 @@ impl TailState {
         let Some(dir) = &self.recovered_dir else {
             return Ok(None);
         };
-        let input = std::io::BufReader::new(std::fs::File::open(source)?);
+        let compressed = std::fs::File::open(source)?;
         let mut head = [0u8; 4];
-        {
-            let f = std::fs::File::open(source)?;
-            let _ = std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0);
-        }
+        let _ = std::os::unix::fs::FileExt::read_exact_at(&compressed, &mut head, 0);
+        let input = std::io::BufReader::new(compressed);
         let mut reader: Box<dyn std::io::Read> = if head.starts_with(&[0x1f, 0x8b]) {
             Box::new(flate2::read::MultiGzDecoder::new(input))
         } else if head == [0x28, 0xb5, 0x2f, 0xfd] {
-            Box::new(zstd::stream::read::Decoder::new(std::fs::File::open(
-                source,
-            )?)?)
+            Box::new(zstd::stream::read::Decoder::with_buffer(input)?)
         } else {
             tracing::warn!(input = %self.cfg.metrics.name, file = %source.display(), "compressed rotated file in a format logferry does not read (gzip and zstd are): skipped");
             return Ok(None);
@@ -338,7 +334,7 @@ impl TailState {
         }))
     }
 
-    /// Decompressed copies no DB row refers to any more are removed.
+    /// Decompressed copies not being read (rows resumed above hold theirs open) are removed.
     fn clear_stale_decompressed(&self) -> anyhow::Result<()> {
         let Some(dir) = &self.recovered_dir else {
             return Ok(());
