@@ -34,7 +34,7 @@ use router::TagMatcher;
 const ROUTE_CACHE_MAX: usize = 4096;
 
 /// How long shutdown waits for an output or input that ignores the hard stop after `Grace`.
-pub const HARD_STOP_WAIT: Duration = Duration::from_secs(3);
+const HARD_STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// Estimated per-record memory beyond the source bytes (record map, keys, value slots).
 pub const RECORD_OVERHEAD: u64 = 320;

@@ -430,14 +430,9 @@ pub fn offset_marker(file: &std::fs::File, offset: u64) -> Marker {
         return Marker::default();
     }
     let window = offset.min(MARKER_WINDOW);
-    let mut buf = [0u8; MARKER_WINDOW as usize];
-    let buf = &mut buf[..window as usize];
-    match file.read_exact_at(buf, offset - window) {
-        Ok(()) => Marker {
-            hash: xxhash_rust::xxh3::xxh3_64(buf),
-            size: window,
-        },
-        Err(_) => Marker::default(),
+    match hash_before(file, offset, window) {
+        Some(hash) => Marker { hash, size: window },
+        None => Marker::default(),
     }
 }
 
@@ -465,10 +460,11 @@ pub fn marker_matches(file: &std::fs::File, offset: u64, marker: Marker, size: u
     if marker.size == 0 || offset == 0 {
         return true;
     }
-    marker.size <= offset && offset_marker_sized(file, offset, marker.size) == Some(marker.hash)
+    marker.size <= offset && hash_before(file, offset, marker.size) == Some(marker.hash)
 }
 
-fn offset_marker_sized(file: &std::fs::File, offset: u64, window: u64) -> Option<u64> {
+/// XXH3-64 of the `window` (at most [`MARKER_WINDOW`]) bytes before `offset`.
+fn hash_before(file: &std::fs::File, offset: u64, window: u64) -> Option<u64> {
     let mut buf = [0u8; MARKER_WINDOW as usize];
     let buf = buf.get_mut(..window as usize)?;
     file.read_exact_at(buf, offset - window).ok()?;

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use super::db::{self, ClosedFile, FileRow};
 use super::file::identity;
-use super::rotation::{is_compressed, siblings};
+use super::rotation::{is_compressed, siblings, Compressed};
 use super::{find_by_inode, open_same, Start, TailState};
 
 /// Clock slack when comparing a file's modification time with the last scan.
@@ -222,7 +222,6 @@ impl TailState {
         };
         let size = d.meta.len();
         let head = db::head_hash(&d.file);
-        tracing::debug!(input = %self.cfg.metrics.name, file = %source.display(), size, ?head, pending = ?pending.iter().map(|r| (r.id, r.offset, r.head, row_real_path(r))).collect::<Vec<_>>(), "compressed sibling");
         // The row's first bytes decide when it has them; a row without them (its file was
         // shorter, or written by Fluent Bit) is matched by its marker at a committed offset.
         let owner = pending.iter().position(|row| {
@@ -294,16 +293,15 @@ impl TailState {
             return Ok(None);
         };
         let compressed = std::fs::File::open(source)?;
-        let mut head = [0u8; 4];
-        let _ = std::os::unix::fs::FileExt::read_exact_at(&compressed, &mut head, 0);
+        let kind = Compressed::sniff(&compressed);
         let input = std::io::BufReader::new(compressed);
-        let mut reader: Box<dyn std::io::Read> = if head.starts_with(&[0x1f, 0x8b]) {
-            Box::new(flate2::read::MultiGzDecoder::new(input))
-        } else if head == [0x28, 0xb5, 0x2f, 0xfd] {
-            Box::new(zstd::stream::read::Decoder::with_buffer(input)?)
-        } else {
-            tracing::warn!(input = %self.cfg.metrics.name, file = %source.display(), "compressed rotated file in a format logferry does not read (gzip and zstd are): skipped");
-            return Ok(None);
+        let mut reader: Box<dyn std::io::Read> = match kind {
+            Some(Compressed::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(input)),
+            Some(Compressed::Zstd) => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
+            _ => {
+                tracing::warn!(input = %self.cfg.metrics.name, file = %source.display(), "compressed rotated file in a format logferry does not read (gzip and zstd are): skipped");
+                return Ok(None);
+            }
         };
         std::fs::create_dir_all(dir)?;
         let name = source

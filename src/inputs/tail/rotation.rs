@@ -53,21 +53,40 @@ pub(super) struct Parked {
     size: u64,
 }
 
+/// A compressor's output format, known by its magic bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Compressed {
+    Gzip,
+    Zstd,
+    /// xz or bzip2: recognised, not read.
+    Other,
+}
+
+impl Compressed {
+    pub(super) fn sniff(file: &std::fs::File) -> Option<Compressed> {
+        let mut head = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut head, 0).ok()?;
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Some(Compressed::Gzip)
+        } else if head == [0x28, 0xb5, 0x2f, 0xfd] {
+            Some(Compressed::Zstd)
+        } else if head == [0xfd, b'7', b'z', b'X'] || head.starts_with(b"BZh") {
+            Some(Compressed::Other)
+        } else {
+            None
+        }
+    }
+}
+
 /// A rotated sibling that a compressor wrote (`0.log.<time>.gz`): its bytes are not log lines.
-/// Known by its name or, when renamed, by its magic bytes (gzip, zstd, xz, bzip2).
+/// Known by its name or, when renamed, by its magic bytes.
 pub(super) fn is_compressed(path: &Path, file: &std::fs::File) -> bool {
     let by_name = path.extension().is_some_and(|e| {
         ["gz", "zst", "xz", "bz2", "zip", "lz4"]
             .iter()
             .any(|x| e.eq_ignore_ascii_case(x))
     });
-    let mut head = [0u8; 4];
-    let by_magic = std::os::unix::fs::FileExt::read_exact_at(file, &mut head, 0).is_ok()
-        && (head.starts_with(&[0x1f, 0x8b])
-            || head == [0x28, 0xb5, 0x2f, 0xfd]
-            || head == [0xfd, b'7', b'z', b'X']
-            || head.starts_with(b"BZh"));
-    by_name || by_magic
+    by_name || Compressed::sniff(file).is_some()
 }
 
 fn changed_at(m: &std::fs::Metadata) -> SystemTime {
