@@ -86,13 +86,16 @@ impl OutputPlugin {
         matches!(self, OutputPlugin::ObjectStore(_))
     }
 
-    /// Writes every batch; Ok means the destination has them durably.
-    fn write(&mut self, batches: &[(&str, &[Event])]) -> std::io::Result<()> {
+    /// Writes every batch; Ok means the destination has them durably. Plugins that write to
+    /// local files or the spool do so on a blocking section of the runtime; network plugins
+    /// await their peers.
+    async fn write(&mut self, batches: &[(&str, &[Event])]) -> std::io::Result<()> {
+        use tokio::task::block_in_place;
         match self {
             OutputPlugin::Null => Ok(()),
-            OutputPlugin::Stdout(s) => s.write(batches),
-            OutputPlugin::File(f) => f.write(batches),
-            OutputPlugin::ObjectStore(o) => o.write(batches),
+            OutputPlugin::Stdout(s) => block_in_place(|| s.write(batches)),
+            OutputPlugin::File(f) => block_in_place(|| f.write(batches)),
+            OutputPlugin::ObjectStore(o) => block_in_place(|| o.write(batches)),
         }
     }
 }
@@ -185,7 +188,15 @@ impl OutputRunner {
                     .iter()
                     .map(|d| (&*d.batch.tag, d.batch.events.as_slice()))
                     .collect();
-                let result = tokio::task::block_in_place(|| self.plugin.write(&views));
+                // A write that is still waiting on its peer when Grace ends is abandoned: its
+                // claims stay unsettled, so the records are not committed (read or sent again).
+                let result = tokio::select! {
+                    r = self.plugin.write(&views) => r,
+                    _ = hard_stop.wait_for(|s| *s) => {
+                        tracing::warn!(output = %name, "grace period over during a write: {records} records stay unacknowledged and will be read again on restart");
+                        return;
+                    }
+                };
                 match result {
                     Ok(()) => {
                         self.metrics.proc_records.add(records as u64);
