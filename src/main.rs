@@ -11,9 +11,12 @@ use logferry::engine::{Overrides, Pipeline};
 #[command(
     name = "logferry",
     version,
-    about = "A Fluent Bit-compatible log shipper that never loses a line"
+    about = "A Fluent Bit-compatible log shipper that never loses a line",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Configuration file (classic .conf, or .yaml/.yml).
     #[arg(short = 'c', long = "config")]
     config: Option<PathBuf>,
@@ -35,10 +38,46 @@ struct Cli {
     /// Log level (overrides [SERVICE] Log_Level).
     #[arg(long = "log_level", alias = "log-level")]
     log_level: Option<String>,
+    /// Fluent Bit external plugin (.so), as aws-for-fluent-bit's entrypoint passes them: ignored,
+    /// the AWS outputs (`cloudwatch`, `cloudwatch_logs`, `s3`) are built in.
+    #[arg(short = 'e', long = "plugin")]
+    plugins: Vec<PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// GET logferry's monitoring API and exit 0 on a 2xx answer, 1 otherwise (a container health
+    /// check that needs no curl).
+    Healthcheck {
+        /// The URL to check (plain http).
+        #[arg(default_value = logferry::healthcheck::DEFAULT_URL)]
+        url: String,
+        /// Seconds to wait for the connection and the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Healthcheck { url, timeout }) = &cli.command {
+        return match logferry::healthcheck::check(url, std::time::Duration::from_secs(*timeout)) {
+            Ok(status) => {
+                println!("{status}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("[error] healthcheck: {why}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    for p in &cli.plugins {
+        eprintln!(
+            "[info] -e {}: external plugins are not loaded; logferry's AWS outputs are built in",
+            p.display()
+        );
+    }
     if let Some(dir) = &cli.workdir {
         if let Err(e) = std::env::set_current_dir(dir) {
             eprintln!("[error] cannot change to workdir '{}': {e}", dir.display());

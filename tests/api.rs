@@ -33,6 +33,21 @@ fn health_flips_to_error_after_repeated_output_errors() {
     wait_until(Duration::from_secs(30), "health error", || {
         http_get(port, "/api/v1/health") == Some((500, "error\n".to_string()))
     });
+    // `logferry healthcheck` (the container health check without curl) sees the same answers.
+    let healthcheck = |path: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_logferry"))
+            .args(["healthcheck", &format!("http://127.0.0.1:{port}{path}")])
+            .output()
+            .unwrap()
+    };
+    let uptime = healthcheck("/api/v1/uptime");
+    assert!(uptime.status.success(), "{uptime:?}");
+    let health = healthcheck("/api/v1/health");
+    assert_eq!(health.status.code(), Some(1), "{health:?}");
+    assert!(
+        String::from_utf8_lossy(&health.stderr).contains("500"),
+        "{health:?}"
+    );
     let (status, body) = http_get(port, "/api/v2/health").unwrap();
     assert_eq!(status, 500);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
