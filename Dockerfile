@@ -1,7 +1,9 @@
 # logferry as a drop-in for the Fluent Bit image: the binary at /fluent-bit/bin/fluent-bit, the
 # stock parsers at /fluent-bit/etc/parsers.conf and a default config at
 # /fluent-bit/etc/fluent-bit.conf (conf/fluent-bit.conf: tail /var/log/containers/*.log → stdout).
-# Charts reference these paths and mount their own fluent-bit.conf over the default.
+# Charts reference these paths and mount their own fluent-bit.conf over the default; ECS FireLens
+# mounts its generated config there too, and task definitions may include
+# /fluent-bit/configs/output-metrics-healthcheck.conf (HTTP API on 2020 for the health check).
 #   docker build -t logferry . && docker run -v /var/log:/var/log logferry
 
 FROM rust:1.95-bookworm AS build
@@ -13,6 +15,7 @@ FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/logferry /fluent-bit/bin/fluent-bit
 COPY conf/parsers.conf conf/fluent-bit.conf /fluent-bit/etc/
+COPY conf/output-metrics-healthcheck.conf /fluent-bit/configs/
 EXPOSE 2020
 ENTRYPOINT ["/fluent-bit/bin/fluent-bit"]
 CMD ["-c", "/fluent-bit/etc/fluent-bit.conf"]
