@@ -19,12 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-struct Run {
-    wall: f64,
-    cpu: f64,
-    max_rss_kib: i64,
-    ok: bool,
-}
+mod support;
+use support::{wait_rusage, Run};
 
 fn generate(path: &Path, bytes: u64) -> std::io::Result<()> {
     if std::fs::metadata(path)
@@ -112,7 +108,8 @@ fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
-fn run(binary: &str, config: &Path) -> Run {
+/// Runs the agent to its exit: its resource usage and wall-clock seconds.
+fn run(binary: &str, config: &Path) -> (Run, f64) {
     let start = Instant::now();
     let mut cmd = Command::new(binary);
     if let (Ok(k), Ok(s)) = (
@@ -130,20 +127,8 @@ fn run(binary: &str, config: &Path) -> Run {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child; `usage` is a valid out-pointer.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = start.elapsed().as_secs_f64();
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    std::mem::forget(child);
-    Run {
-        wall,
-        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-        max_rss_kib: usage.ru_maxrss,
-        ok: r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-    }
+    let run = wait_rusage(child);
+    (run, start.elapsed().as_secs_f64())
 }
 
 fn config(
@@ -249,28 +234,28 @@ fn main() {
                 let _ = std::fs::remove_dir_all(s);
                 std::fs::create_dir_all(s).unwrap();
             }
-            let r = run(&bin, &cfg);
+            let (r, wall) = run(&bin, &cfg);
             let stored_mb = stored
                 .as_ref()
                 .map(|s| format!("{:.1}", dir_size(s) as f64 / 1e6))
                 .unwrap_or_else(|| "-".into());
             println!(
                 "{name:<30} {agent:>10} {:>9.1} {:>12.1} {:>7.1} MiB {stored_mb:>10} {:>8}",
-                size / r.wall,
+                size / wall,
                 size / r.cpu,
                 r.max_rss_kib as f64 / 1024.0,
                 if r.ok { "ok" } else { "FAILED" }
             );
-            results.push(r);
+            results.push((r, wall));
         }
         if let [ours, theirs] = results.as_slice() {
             println!(
                 "{:<30} {:>10} {:>8.2}x {:>11.2}x {:>9.2}x",
                 "",
                 "FB/ours",
-                theirs.wall / ours.wall,
-                theirs.cpu / ours.cpu,
-                theirs.max_rss_kib as f64 / ours.max_rss_kib as f64
+                theirs.1 / ours.1,
+                theirs.0.cpu / ours.0.cpu,
+                theirs.0.max_rss_kib as f64 / ours.0.max_rss_kib as f64
             );
         }
     }
