@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -475,4 +475,268 @@ fn docker_partial_lines_are_rejoined_and_driver_fields_kept() {
         assert_eq!(r["source"], "stdout");
         assert!(r.get("partial_message").is_none() && r.get("partial_id").is_none());
     }
+}
+
+// ---- the `forward` output: logferry → logferry ----
+
+/// A test CA and a server certificate for 127.0.0.1 and localhost, as PEM files in `dir`:
+/// (ca.pem, server.pem, server.key).
+fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "logferry test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// An aggregator: a `forward` input (TLS and Shared_Key when given) into the local-directory
+/// `s3` output under `dir/store`, spooling in `dir/spool`.
+fn aggregator_config(dir: &Path, port: u16, secure: &str) -> PathBuf {
+    write_config(
+        dir,
+        "aggregator.conf",
+        &format!(
+            "[SERVICE]\n    Flush 1\n    Grace 2\n    scheduler.base 1\n    scheduler.cap 1\n[INPUT]\n    Name forward\n    Listen 127.0.0.1\n    Port {port}\n{secure}[OUTPUT]\n    Name s3\n    Match *\n    bucket local\n    endpoint file://{}\n    store_dir {}\n    s3_key_format /logs/$TAG/$INDEX\n    upload_timeout 1s\n    json_date_key false\n    Retry_Limit no_limits\n",
+            dir.join("store").display(),
+            dir.join("spool").display()
+        ),
+    )
+}
+
+/// A node agent tailing `dir/app.log` into a `forward` output with `output` lines.
+fn node_config(dir: &Path, output: &str, service: &str) -> PathBuf {
+    write_config(
+        dir,
+        "node.conf",
+        &format!(
+            "[SERVICE]\n    Flush 1\n    Grace 2\n    scheduler.base 1\n    scheduler.cap 1\n{service}[INPUT]\n    Name tail\n    Path {}\n    Tag app\n    Read_from_Head On\n    Refresh_Interval 1\n    DB {}\n[OUTPUT]\n    Name forward\n    Match *\n    Retry_Limit no_limits\n{output}",
+            dir.join("app.log").display(),
+            dir.join("offsets.db").display()
+        ),
+    )
+}
+
+fn start_aggregator(dir: &Path, cfg: &Path) -> Agent {
+    let agent = Agent::start(dir, cfg);
+    wait_until(Duration::from_secs(30), "aggregator listening", || {
+        agent.log_text().contains("forward input listening")
+    });
+    agent
+}
+
+/// Lines the aggregator holds: uploaded to its store, or still in its spool.
+fn aggregator_lines(dir: &Path) -> usize {
+    let spool = dir.join("spool");
+    let mut n = logs_under(&dir.join("store")).len();
+    if let Ok(outputs) = std::fs::read_dir(&spool) {
+        for o in outputs.flatten() {
+            n += spooled_lines(&o.path().join("open")) + spooled_lines(&o.path().join("sealed"));
+        }
+    }
+    n
+}
+
+#[test]
+fn logferry_to_logferry_over_tls_with_shared_key_loses_nothing_when_the_aggregator_is_killed() {
+    let node_dir = tempfile::tempdir().unwrap();
+    let agg_dir = tempfile::tempdir().unwrap();
+    let (ca, crt, key) = test_pki(agg_dir.path());
+    let port = free_port();
+    let agg_cfg = aggregator_config(
+        agg_dir.path(),
+        port,
+        &format!(
+            "    tls on\n    tls.crt_file {}\n    tls.key_file {}\n    Shared_Key s3cr3t-fleet-key\n    Self_Hostname aggregator\n",
+            crt.display(),
+            key.display()
+        ),
+    );
+    let mut aggregator = start_aggregator(agg_dir.path(), &agg_cfg);
+    let node_cfg = node_config(
+        node_dir.path(),
+        &format!(
+            "    Host 127.0.0.1\n    Port {port}\n    tls on\n    tls.ca_file {}\n    Shared_Key s3cr3t-fleet-key\n    Self_Hostname node-1\n",
+            ca.display()
+        ),
+        "",
+    );
+    let log = node_dir.path().join("app.log");
+    append_numbered(&log, "k", 0, 1);
+    let node = Agent::start_tailing(node_dir.path(), &node_cfg);
+
+    // The application writes 20 000 lines in rounds while the aggregator is killed (-9) and
+    // later restarted on the same spool.
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for round in 0..40 {
+                append_numbered(&log, "k", 1 + round * 500, 500);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the aggregator received records",
+        || aggregator_lines(agg_dir.path()) > 0,
+    );
+    aggregator.kill9();
+    wait_until(
+        Duration::from_secs(60),
+        "the node saw the aggregator gone",
+        || node.log_text().contains("forward to 127.0.0.1"),
+    );
+    let aggregator = start_aggregator(agg_dir.path(), &agg_cfg);
+    writer.join().unwrap();
+    let total = 1 + 40 * 500;
+    wait_until(Duration::from_secs(120), "every line stored", || {
+        let logs = logs_under(&agg_dir.path().join("store"));
+        let mut seen = std::collections::HashSet::new();
+        logs.iter().for_each(|l| {
+            seen.insert(l.clone());
+        });
+        seen.len() >= total
+    });
+    let stored = logs_under(&agg_dir.path().join("store"));
+    let duplicates = assert_all_present(&stored, "k", total);
+    // Duplicates can only come from messages the aggregator had written to its spool (and so
+    // kept across the kill) whose ack was lost with the connection: the node resends them.
+    // They are bounded by what was in flight at the kill, never by the whole stream.
+    println!(
+        "{} lines, {duplicates} duplicates after the kill -9",
+        stored.len()
+    );
+    assert!(duplicates < total / 2, "{duplicates} duplicates");
+    let node_log = node.log_text();
+    assert!(
+        !node_log.contains("s3cr3t-fleet-key"),
+        "the key leaked into the log"
+    );
+    assert!(!aggregator.log_text().contains("s3cr3t-fleet-key"));
+    assert!(!node_log.contains("cannot be retried"), "{node_log}");
+}
+
+#[test]
+fn a_wrong_shared_key_is_refused_with_a_clear_error_and_nothing_is_delivered_or_dropped() {
+    let node_dir = tempfile::tempdir().unwrap();
+    let agg_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let api = free_port();
+    let agg_cfg = aggregator_config(agg_dir.path(), port, "    Shared_Key the-right-key\n");
+    let aggregator = start_aggregator(agg_dir.path(), &agg_cfg);
+    let node_cfg = node_config(
+        node_dir.path(),
+        &format!("    Host 127.0.0.1\n    Port {port}\n    Shared_Key a-wrong-key\n"),
+        &format!("    HTTP_Server On\n    HTTP_Listen 127.0.0.1\n    HTTP_Port {api}\n"),
+    );
+    append_numbered(&node_dir.path().join("app.log"), "w", 0, 100);
+    let node = Agent::start(node_dir.path(), &node_cfg);
+    wait_until(
+        Duration::from_secs(60),
+        "the refusal in the node's log",
+        || {
+            node.log_text()
+                .contains("the server refused the handshake: shared_key mismatch")
+        },
+    );
+    assert!(aggregator
+        .log_text()
+        .contains("Shared_Key handshake refused: shared_key mismatch"));
+    let metric = |name: &str| -> i64 {
+        let (_, body) = http_get(api, "/api/v1/metrics/prometheus").unwrap();
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert!(metric("fluentbit_output_errors_total{") > 0);
+    assert_eq!(metric("fluentbit_output_dropped_records_total{"), 0);
+    assert_eq!(metric("fluentbit_output_proc_records_total{"), 0);
+    assert_eq!(aggregator_lines(agg_dir.path()), 0);
+    for log in [node.log_text(), aggregator.log_text()] {
+        assert!(
+            !log.contains("a-wrong-key") && !log.contains("the-right-key"),
+            "{log}"
+        );
+    }
+}
+
+/// An upstream of three nodes, one of them down: writes go round robin, the dead node is
+/// skipped, every record reaches exactly one live aggregator once, gzip-compressed and under
+/// the output's `Tag`.
+#[test]
+fn upstream_round_robin_fails_over_and_sends_compressed_messages_under_the_output_tag() {
+    let node_dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a_port, dead_port, b_port) = (free_port(), free_port(), free_port());
+    let mut aggregators = Vec::new();
+    for (dir, port) in [(&a_dir, a_port), (&b_dir, b_port)] {
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let cfg = write_config(
+            dir.path(),
+            "agg.conf",
+            &format!(
+                "[INPUT]\n    Name forward\n    Listen 127.0.0.1\n    Port {port}\n{}",
+                file_output(&out)
+            ),
+        );
+        aggregators.push(start_aggregator(dir.path(), &cfg));
+    }
+    let upstream = write_config(
+        node_dir.path(),
+        "upstream.conf",
+        &format!(
+            "[UPSTREAM]\n    name aggregators\n\n[NODE]\n    name a\n    host 127.0.0.1\n    port {a_port}\n\n[NODE]\n    name dead\n    host 127.0.0.1\n    port {dead_port}\n\n[NODE]\n    name b\n    host 127.0.0.1\n    port {b_port}\n"
+        ),
+    );
+    let node_cfg = node_config(
+        node_dir.path(),
+        &format!(
+            "    Upstream {}\n    Compress gzip\n    Tag forwarded\n",
+            upstream.display()
+        ),
+        "",
+    );
+    let log = node_dir.path().join("app.log");
+    append_numbered(&log, "u", 0, 1);
+    let node = Agent::start_tailing(node_dir.path(), &node_cfg);
+    let got = |dir: &Path| log_values(&dir.join("out/forwarded"));
+    for round in 0..6 {
+        append_numbered(&log, "u", 1 + round * 100, 100);
+        let want = 1 + (round + 1) * 100;
+        wait_until(
+            Duration::from_secs(60),
+            "records at the aggregators",
+            || got(a_dir.path()).len() + got(b_dir.path()).len() >= want,
+        );
+    }
+    let (a, b) = (got(a_dir.path()), got(b_dir.path()));
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "round robin: a {} b {}",
+        a.len(),
+        b.len()
+    );
+    let all: Vec<String> = a.into_iter().chain(b).collect();
+    assert_eq!(assert_all_present(&all, "u", 601), 0);
+    assert_eq!(all.len(), 601);
+    assert!(node.log_text().contains("node=dead"), "{}", node.log_text());
 }
