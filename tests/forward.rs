@@ -740,3 +740,74 @@ fn upstream_round_robin_fails_over_and_sends_compressed_messages_under_the_outpu
     assert_eq!(all.len(), 601);
     assert!(node.log_text().contains("node=dead"), "{}", node.log_text());
 }
+
+fn dry_run(dir: &Path, text: &str) -> (bool, String) {
+    let cfg = write_config(dir, "dry.conf", text);
+    let out = Command::new(env!("CARGO_BIN_EXE_logferry"))
+        .arg("--dry-run")
+        .arg("-c")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn forward_output_applies_tls_verify_and_ca_file_and_checks_its_upstream_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _, _) = test_pki(dir.path());
+    let input = "[INPUT]\n    Name dummy\n";
+    let (ok, err) = dry_run(
+        dir.path(),
+        &format!(
+            "{input}[OUTPUT]\n    Name forward\n    Match *\n    tls on\n    tls.verify Off\n"
+        ),
+    );
+    assert!(ok, "{err}");
+    let (ok, err) = dry_run(
+        dir.path(),
+        &format!(
+            "{input}[OUTPUT]\n    Name forward\n    Match *\n    tls on\n    tls.ca_file {}\n",
+            ca.display()
+        ),
+    );
+    assert!(ok, "{err}");
+    // A CA file that holds no certificate is named.
+    let (ok, err) = dry_run(
+        dir.path(),
+        &format!(
+            "{input}[OUTPUT]\n    Name forward\n    Match *\n    tls on\n    tls.ca_file {}\n",
+            dir.path().join("dry.conf").display()
+        ),
+    );
+    assert!(
+        !ok && err.contains("dry.conf:7") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    // Other outputs still refuse what they do not apply.
+    let (ok, err) = dry_run(
+        dir.path(),
+        &format!("{input}[OUTPUT]\n    Name file\n    Match *\n    tls.verify Off\n"),
+    );
+    assert!(!ok && err.contains("tls.verify"), "{err}");
+    // An upstream file's mistakes are reported at their own line.
+    let upstream = write_config(
+        dir.path(),
+        "upstream.conf",
+        "[UPSTREAM]\n    name u\n[NODE]\n    name a\n    host 127.0.0.1\n    port nope\n",
+    );
+    let (ok, err) = dry_run(
+        dir.path(),
+        &format!(
+            "{input}[OUTPUT]\n    Name forward\n    Match *\n    Upstream {}\n",
+            upstream.display()
+        ),
+    );
+    assert!(
+        !ok && err.contains("upstream.conf:6") && err.contains("not a port number"),
+        "{err}"
+    );
+}

@@ -33,11 +33,16 @@ fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
     Err(DecodeError(msg.into()))
 }
 
+/// How deeply values may nest. Decoding recurses per level, so the bound keeps a hostile frame
+/// from exhausting a worker thread's stack; log records nest a few levels.
+pub const MAX_DEPTH: usize = 100;
+
 /// One complete msgpack value at the head of a buffer: `Ok(Some((value, length)))`, `Ok(None)`
-/// when more bytes are needed, or an error for bytes that are not msgpack.
+/// when more bytes are needed, or an error for bytes that are not msgpack (or nest deeper than
+/// [`MAX_DEPTH`]).
 pub fn next_value(buf: &[u8]) -> Result<Option<(ValueRef<'_>, usize)>, DecodeError> {
     let mut rest = buf;
-    match rmpv::decode::read_value_ref(&mut rest) {
+    match rmpv::decode::read_value_ref_with_max_depth(&mut rest, MAX_DEPTH) {
         Ok(v) => Ok(Some((v, buf.len() - rest.len()))),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
         Err(e) => err(format!("not msgpack: {e}")),
@@ -664,6 +669,12 @@ mod tests {
             let e = decode(bytes).unwrap_err();
             assert!(e.0.contains(want), "{e} lacks {want}");
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let deep = vec![0x91u8; 100_000];
+        assert!(next_value(&deep).unwrap_err().0.contains("depth"));
     }
 
     #[test]

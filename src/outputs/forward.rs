@@ -31,6 +31,9 @@ use crate::record::Event;
 
 /// How long connecting (TCP, TLS, handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Entries per message at most (before compression): a write gathers up to 4 MiB of records,
+/// and servers refuse frames over their `Buffer_Max_Size` (Fluent Bit's default: 6,144,000).
+const MAX_MESSAGE_BYTES: usize = 2_000_000;
 /// How long the peer may take to ack a message: a logferry aggregator acks after its outputs
 /// wrote the records, so this covers a slow destination, not just the network.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -268,23 +271,30 @@ impl ForwardOut {
         )))
     }
 
-    /// (chunk id, PackedForward frame) per tag.
+    /// (chunk id, PackedForward frame): one message per tag, split so that no message's
+    /// entries exceed [`MAX_MESSAGE_BYTES`].
     fn encode(&self, batches: &[(&str, &[Event])]) -> Vec<(Option<String>, Vec<u8>)> {
-        let mut by_tag: Vec<(&str, Vec<u8>, usize)> = Vec::new();
+        // (tag, entries, count); `open` maps a tag to its message still taking entries.
+        let mut messages: Vec<(&str, Vec<u8>, usize)> = Vec::new();
+        let mut open: Vec<(&str, usize)> = Vec::new();
         for (tag, events) in batches {
             let tag = self.tag.as_deref().unwrap_or(tag);
-            let slot = match by_tag.iter().position(|(t, _, _)| *t == tag) {
-                Some(i) => i,
-                None => {
-                    by_tag.push((tag, Vec::new(), 0));
-                    by_tag.len() - 1
-                }
-            };
-            write_entries(&mut by_tag[slot].1, events);
-            by_tag[slot].2 += events.len();
+            for e in events.iter() {
+                let slot = match open.iter().find(|(t, _)| *t == tag) {
+                    Some(&(_, i)) if messages[i].1.len() < MAX_MESSAGE_BYTES => i,
+                    _ => {
+                        messages.push((tag, Vec::new(), 0));
+                        open.retain(|(t, _)| *t != tag);
+                        open.push((tag, messages.len() - 1));
+                        messages.len() - 1
+                    }
+                };
+                write_entries(&mut messages[slot].1, std::slice::from_ref(e));
+                messages[slot].2 += 1;
+            }
         }
         tokio::task::block_in_place(|| {
-            by_tag
+            messages
                 .into_iter()
                 .map(|(tag, entries, count)| {
                     let chunk = self.require_ack.then(new_chunk_id);
@@ -435,5 +445,59 @@ impl Connection {
                 )
             })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{EventTime, Map, Value};
+    use bytes::Bytes;
+
+    #[test]
+    fn one_message_per_tag_split_below_the_server_frame_limit() {
+        let doc = crate::config::classic::parse_str(
+            "t.conf",
+            "[OUTPUT]\n    Name forward\n    Compress gzip\n",
+        )
+        .unwrap();
+        let out = ForwardOut::from_props(&Props::new(&doc.sections[0]), "forward.0").unwrap();
+        let line = "x".repeat(1000);
+        let events: Vec<Event> = (0..5000)
+            .map(|n| {
+                let mut m = Map::default();
+                m.push(
+                    Bytes::from_static(b"log"),
+                    Value::string(format!("{n} {line}")),
+                );
+                Event {
+                    time: EventTime { sec: n, nsec: 0 },
+                    record: m,
+                }
+            })
+            .collect();
+        let messages = out.encode(&[
+            ("a", &events[..4000]),
+            ("b", &events[4000..]),
+            ("a", &events[..1]),
+        ]);
+        let mut per_tag: std::collections::HashMap<Vec<u8>, usize> = Default::default();
+        let mut chunks = std::collections::HashSet::new();
+        for (chunk, frame) in &messages {
+            let frame = Bytes::from(frame.clone());
+            let (v, len) = next_value(&frame).unwrap().unwrap();
+            assert_eq!(len, frame.len());
+            let m = crate::forward::protocol::decode_message(&v, &frame, 1 << 30).unwrap();
+            assert_eq!(m.chunk.as_deref(), chunk.as_deref().map(str::as_bytes));
+            assert!(
+                chunks.insert(chunk.clone().unwrap()),
+                "chunk ids are unique"
+            );
+            *per_tag.entry(m.tag.to_vec()).or_default() += m.events.len();
+        }
+        assert_eq!(per_tag[&b"a".to_vec()], 4001);
+        assert_eq!(per_tag[&b"b".to_vec()], 1000);
+        // 4 MB of `a` does not fit one message; `b` does.
+        assert_eq!(messages.len(), 4);
     }
 }
