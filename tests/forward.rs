@@ -423,7 +423,7 @@ fn docker_partial_lines_are_rejoined_and_driver_fields_kept() {
     let _agent = start_forward(
         dir.path(),
         &format!(
-            "[INPUT]\n    Name forward\n    Listen 127.0.0.1\n    Port {port}\n    Join_Partial_Messages On\n    Join_Partial_Max_Size 100K\n{}",
+            "[INPUT]\n    Name forward\n    Listen 127.0.0.1\n    Port {port}\n    Join_Partial_Messages On\n    Join_Partial_Max_Size 100K\n    Join_Partial_Flush 1\n{}",
             file_output(&out)
         ),
     );
@@ -475,6 +475,13 @@ fn docker_partial_lines_are_rejoined_and_driver_fields_kept() {
         assert_eq!(r["source"], "stdout");
         assert!(r.get("partial_message").is_none() && r.get("partial_id").is_none());
     }
+    // A first piece whose next piece never comes (the container died) is flushed as it
+    // stands after Join_Partial_Flush, on the still open connection.
+    s.write_all(&message("orphan piece", Some((1, false))))
+        .unwrap();
+    wait_lines(&path, 3);
+    let last: serde_json::Value = serde_json::from_str(&lines(&path)[2]).unwrap();
+    assert_eq!(last["log"], "orphan piece");
 }
 
 // ---- the `forward` output: logferry → logferry ----

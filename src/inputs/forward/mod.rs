@@ -85,6 +85,8 @@ struct Batch {
 
 /// How long a TLS or secure-forward handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// At stop, how long the input waits for its connections to hand over what they decoded.
+const STOP_DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 impl Forward {
     pub fn from_props(
@@ -214,10 +216,7 @@ impl Forward {
                 dispatcher.dispatch(&b.tag, b.events, b.raw_bytes, ack::on_settled(b.shares));
             }
         };
-        if tokio::time::timeout(HANDSHAKE_TIMEOUT, drain)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(STOP_DRAIN_WAIT, drain).await.is_err() {
             tracing::warn!(input = %name, "a connection did not stop in time: what it had not handed over is not acknowledged (the client sends it again)");
         }
         Ok(())
@@ -376,9 +375,14 @@ struct Connection<'a, R> {
 
 /// What one read brought.
 enum Read {
-    Data { short: bool },
+    /// Bytes were added; `short`: fewer than asked (the socket had no more for now).
+    Data {
+        short: bool,
+    },
     Eof,
     Stopped,
+    /// Nothing read, but a pending partial line waited `Join_Partial_Flush`.
+    PartialDue,
 }
 
 impl<R: AsyncRead + Unpin> Connection<'_, R> {
@@ -425,7 +429,7 @@ impl<R: AsyncRead + Unpin> Connection<'_, R> {
                 n => Read::Data { short: n < want },
             },
             _ = stopped => Read::Stopped,
-            _ = partial_due => Read::Data { short: false },
+            _ = partial_due => Read::PartialDue,
         }
     }
 
@@ -458,7 +462,7 @@ impl<R: AsyncRead + Unpin> Connection<'_, R> {
                 Read::Data { .. } if self.buf.len() > self.server.max_size => {
                     return Err("handshake message larger than Buffer_Max_Size".into())
                 }
-                Read::Data { .. } => {}
+                Read::Data { .. } | Read::PartialDue => {}
                 Read::Eof => return Err("closed during the Shared_Key handshake".into()),
                 Read::Stopped => return Ok(false),
             }
@@ -471,6 +475,10 @@ impl<R: AsyncRead + Unpin> Connection<'_, R> {
         loop {
             let short = match self.read_some().await {
                 Read::Data { short } => short,
+                Read::PartialDue => {
+                    self.flush_partials(false).await;
+                    continue;
+                }
                 Read::Eof => {
                     self.decode_buffer().await?;
                     if self.buf.is_empty() {
