@@ -71,6 +71,14 @@ pub struct ForwardOut {
 
 /// The node-level options shared by the output section and upstream `[NODE]`s.
 fn node_from_props(p: &Props, name: String, defaults: Option<&Node>) -> Result<Node, ConfigError> {
+    for unsupported in ["username", "password", "empty_shared_key"] {
+        if let Some(prop) = p.prop(unsupported) {
+            return Err(ConfigError::key(
+                prop,
+                "not supported: use Shared_Key (user/password authentication is not implemented)",
+            ));
+        }
+    }
     let host = p
         .str("host")
         .map(str::to_string)

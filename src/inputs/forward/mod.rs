@@ -122,6 +122,14 @@ impl Forward {
         };
         let chunk_size = p.size("buffer_chunk_size", 1_024_000)?.max(1024) as usize;
         let max_size = p.size("buffer_max_size", 6_144_000)?.max(chunk_size as u64) as usize;
+        for unsupported in ["security.users", "empty_shared_key"] {
+            if let Some(prop) = p.prop(unsupported) {
+                return Err(ConfigError::key(
+                    prop,
+                    "not supported: use Shared_Key (user/password authentication is not implemented)",
+                ));
+            }
+        }
         let shared_key = p.str("shared_key").map(str::to_string);
         let self_hostname = p.string_or("self_hostname", "localhost");
         let tls = if p.bool("tls", false)? {
