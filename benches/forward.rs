@@ -289,7 +289,7 @@ mod endpoint {
                     let cert =
                         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
                     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
-                        cert.key_pair.serialize_der().into(),
+                        cert.signing_key.serialize_der().into(),
                     );
                     let config = rustls::ServerConfig::builder()
                         .with_no_client_auth()

@@ -248,6 +248,16 @@ pub fn render_prometheus(r: &Registry) -> String {
         "Damaged offsets DB files moved aside (their files are read again from the head).",
         tail_rows(&|i| i.db_resets.get() as i64),
     );
+    family(
+        "logferry_input_forward_rejected_total",
+        "counter",
+        "Forward connections closed for bad input (garbage, oversized or truncated frames, unknown modes, failed handshakes).",
+        r.inputs
+            .iter()
+            .filter(|i| i.name.starts_with("forward") || i.forward_rejected.get() > 0)
+            .map(|i| (i.name.clone(), i.forward_rejected.get() as i64))
+            .collect(),
+    );
     let fil = |f: &dyn Fn(&crate::engine::metrics::FilterMetrics) -> i64| {
         r.filters
             .iter()

@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod config;
 pub mod engine;
 pub mod filters;
+pub mod forward;
 pub mod healthcheck;
 pub mod http;
 pub mod inputs;

@@ -293,22 +293,7 @@ fn unblock_store(dir: &Path) {
 
 /// The `log` values of every object under the local store (temp files skipped).
 fn stored_logs(dir: &Path) -> Vec<String> {
-    fn walk(path: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(path) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if !e.file_name().to_string_lossy().starts_with('.') {
-                out.extend(object_logs(&std::fs::read(&p).unwrap_or_default()));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dir.join("store"), &mut out);
-    out
+    logs_under(&dir.join("store"))
 }
 
 /// Lines held by the spool, open buffers and sealed chunks.

@@ -57,6 +57,9 @@ pub struct InputMetrics {
     pub compressed_recovered_bytes: Counter,
     /// logferry: offsets DB files found damaged and moved aside.
     pub db_resets: Counter,
+    /// logferry: forward connections closed for bad input (garbage, oversized or truncated
+    /// frames, unknown modes, failed handshakes).
+    pub forward_rejected: Counter,
 }
 
 #[derive(Debug, Default)]

@@ -295,7 +295,10 @@ impl Pipeline {
             let retry_limit = outputs::parse_retry_limit(&p, 1)?;
             let instance = alias.clone().unwrap_or_else(|| format!("{name}.{index}"));
             let plugin = OutputPlugin::build(&name, &instance, &p, &service)?;
-            reject_unimplemented_tls(&p)?;
+            if name != "forward" {
+                // `forward` applies `tls.verify` and `tls.ca_file` itself.
+                reject_unimplemented_tls(&p)?;
+            }
             // `workers`: outputs write from one task each (the object store uploads several keys
             // at once); `storage.total_limit_size`: only object stores keep data on disk, and
             // they read it as their spool bound. Neither changes what is delivered.

@@ -1,9 +1,11 @@
-//! Inputs: `tail` (container logs), `dummy` and `tcp` (tests, FireLens health checks).
+//! Inputs: `tail` (container logs), `forward` (FireLens, Docker's fluentd driver, agents'
+//! `forward` outputs), `dummy` and `tcp` (tests, FireLens health checks).
 //! Each runs on its own thread with a [`Dispatcher`]; it stops reading while the dispatcher's
 //! byte budget is full (invariant 2) and, on stop, emits what it holds, releases the dispatcher
 //! so outputs can drain, and commits what outputs acknowledged.
 
 pub mod dummy;
+pub mod forward;
 pub mod tail;
 pub mod tcp;
 
@@ -38,6 +40,7 @@ pub enum Input {
     Tail(Box<tail::Tail>),
     Dummy(dummy::Dummy),
     Tcp(tcp::Tcp),
+    Forward(Box<forward::Forward>),
 }
 
 impl Input {
@@ -72,11 +75,12 @@ impl Input {
                 tag.unwrap_or_else(|| instance.to_string()),
                 metrics,
             )?),
+            "forward" => Input::Forward(Box::new(forward::Forward::from_props(p, tag, metrics)?)),
             other => {
                 let prop = p.prop("name").expect("name checked by the caller");
                 return Err(ConfigError::key(
                     prop,
-                    format!("unknown input plugin '{other}' (tail, dummy, tcp)"),
+                    format!("unknown input plugin '{other}' (tail, forward, dummy, tcp)"),
                 ));
             }
         };
@@ -88,6 +92,7 @@ impl Input {
             Input::Tail(t) => t.metrics.clone(),
             Input::Dummy(d) => d.metrics.clone(),
             Input::Tcp(t) => t.metrics.clone(),
+            Input::Forward(f) => f.metrics.clone(),
         }
     }
 
@@ -96,6 +101,7 @@ impl Input {
             Input::Tail(t) => t.run(ctx),
             Input::Dummy(d) => d.run(ctx),
             Input::Tcp(t) => t.run(ctx),
+            Input::Forward(f) => f.run(ctx),
         }
     }
 }

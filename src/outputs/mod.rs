@@ -12,6 +12,7 @@
 
 pub mod file;
 pub mod format;
+pub mod forward;
 pub mod objectstore;
 pub mod s3;
 pub mod stdout;
@@ -31,6 +32,7 @@ pub enum OutputPlugin {
     Null,
     Stdout(stdout::Stdout),
     File(file::FileOut),
+    Forward(Box<forward::ForwardOut>),
     ObjectStore(Box<objectstore::ObjectStoreOutput>),
 }
 
@@ -45,6 +47,9 @@ impl OutputPlugin {
             "null" => OutputPlugin::Null,
             "stdout" => OutputPlugin::Stdout(stdout::Stdout::from_props(p)?),
             "file" => OutputPlugin::File(file::FileOut::from_props(p)?),
+            "forward" => {
+                OutputPlugin::Forward(Box::new(forward::ForwardOut::from_props(p, instance)?))
+            }
             "s3" => OutputPlugin::ObjectStore(Box::new(s3::build(
                 p,
                 instance,
@@ -55,7 +60,7 @@ impl OutputPlugin {
                 let prop = p.prop("name").expect("name checked by the caller");
                 return Err(ConfigError::key(
                     prop,
-                    format!("unknown output plugin '{other}' (null, stdout, file, s3)"),
+                    format!("unknown output plugin '{other}' (null, stdout, file, forward, s3)"),
                 ));
             }
         })
@@ -95,6 +100,7 @@ impl OutputPlugin {
             OutputPlugin::Null => Ok(()),
             OutputPlugin::Stdout(s) => block_in_place(|| s.write(batches)),
             OutputPlugin::File(f) => block_in_place(|| f.write(batches)),
+            OutputPlugin::Forward(f) => f.write(batches).await,
             OutputPlugin::ObjectStore(o) => block_in_place(|| o.write(batches)),
         }
     }

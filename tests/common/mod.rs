@@ -242,3 +242,24 @@ pub fn object_logs(body: &[u8]) -> Vec<String> {
         })
         .collect()
 }
+
+/// The `log` values of every object under a local object store directory (`endpoint
+/// file://...`), temp files skipped.
+pub fn logs_under(root: &Path) -> Vec<String> {
+    fn walk(path: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if !e.file_name().to_string_lossy().starts_with('.') {
+                out.extend(object_logs(&std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    out
+}

@@ -21,6 +21,7 @@ install() {
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q 'moto[s3]==5.2.5' 'flask==3.1.3' 'flask-cors==6.0.2' 'boto3'
   fi
+  "$VENV/bin/python" -c 'import fluent, msgpack, zstandard' 2>/dev/null || "$VENV/bin/pip" install -q 'fluent-logger==0.11.1' 'msgpack==1.2.4' 'zstandard==0.25.0'
   [ -x "$NPM/node_modules/.bin/oauth2-mock-server" ] ||
     npm install --prefix "$NPM" --no-audit --no-fund oauth2-mock-server@9.3.0 >/dev/null
   # s3s-fs 0.17 needs rustc >= 1.96; 0.14.1 is the newest that builds with 1.95.

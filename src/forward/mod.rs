@@ -1,0 +1,12 @@
+//! The Fluent Forward protocol (v1), shared by the `forward` input (server) and the `forward`
+//! output (client): msgpack framing and decoding of the four modes ([`protocol`]), encoding of
+//! PackedForward messages and acks, the `Shared_Key` handshake HELO/PING/PONG for both sides
+//! ([`handshake`]) and TLS configuration from files ([`tls`]).
+//!
+//! Invariant it keeps for both plugins: a frame is either decoded whole into events or rejected
+//! whole with a reason; nothing of a frame that failed is half-delivered, and frames decoded
+//! before a bad one on the same connection are unaffected.
+
+pub mod handshake;
+pub mod protocol;
+pub mod tls;
