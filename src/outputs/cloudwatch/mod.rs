@@ -679,13 +679,24 @@ where
                 Failure::Transient(format!("HTTP {status}: {text}"))
             }
         }
-        SdkError::DispatchFailure(d) if !d.is_io() && !d.is_timeout() => {
-            // Credentials that cannot be had (the chain is empty, AssumeRole refused) surface here.
+        SdkError::DispatchFailure(_) if caused_by_credentials(e) => {
+            // Credentials that cannot be had (the chain is empty, AssumeRole refused).
             Failure::Permanent(format!("no usable credentials: {text}"))
         }
         SdkError::ConstructionFailure(_) => Failure::Permanent(text),
         _ => Failure::Transient(text),
     }
+}
+
+fn caused_by_credentials(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<aws_credential_types::provider::error::CredentialsError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn is_code<E: ProvideErrorMetadata>(
@@ -704,8 +715,7 @@ async fn deliver(
 ) -> Vec<u32> {
     let origins: Vec<u32> = events.iter().map(|e| e.origin).collect();
     let count = events.len();
-    // The SDK consumes its input, so each attempt sends a copy; the first copy is the only one
-    // made unless the request fails.
+    // The SDK consumes its input, so each attempt sends a copy of the events kept for retries.
     let log_events: Vec<InputLogEvent> = events
         .into_iter()
         .map(|e| {
@@ -799,13 +809,7 @@ fn rejected(
         return Vec::new();
     };
     let n = origins.len();
-    // End indexes are exclusive (as documented); a reported index names at least one event.
-    let end = |i: Option<i32>| i.map_or(0, |i| (i.max(1) as usize).min(n));
-    let too_old = end(info.too_old_log_event_end_index());
-    let expired = end(info.expired_log_event_end_index());
-    let too_new_from = info
-        .too_new_log_event_start_index()
-        .map_or(n, |i| (i.max(0) as usize).min(n));
+    let (too_old, expired, too_new_from) = rejected_ranges(n, info);
     let old = too_old.max(expired).min(too_new_from);
     let mut given_up: Vec<u32> = origins[..old].to_vec();
     given_up.extend_from_slice(&origins[too_new_from..]);
@@ -816,6 +820,22 @@ fn rejected(
             given_up.len(), too_old, expired, n - too_new_from);
     }
     given_up
+}
+
+/// `(too old, expired, first too new)`: events `[..too_old]`, `[..expired]` and
+/// `[too_new_from..]` were refused. End indexes are exclusive (as documented); a reported end
+/// index names at least one event (moto reports the last refused index itself).
+fn rejected_ranges(
+    n: usize,
+    info: &aws_sdk_cloudwatchlogs::types::RejectedLogEventsInfo,
+) -> (usize, usize, usize) {
+    let end = |i: Option<i32>| i.map_or(0, |i| (i.max(1) as usize).min(n));
+    (
+        end(info.too_old_log_event_end_index()),
+        end(info.expired_log_event_end_index()),
+        info.too_new_log_event_start_index()
+            .map_or(n, |i| (i.max(0) as usize).min(n)),
+    )
 }
 
 /// Creates the stream, and the group first when it is missing and `auto_create_group` is on
@@ -954,6 +974,24 @@ mod tests {
             trim: false,
         };
         assert_eq!(missing.encode(&record), None);
+    }
+
+    #[test]
+    fn rejected_event_ranges() {
+        use aws_sdk_cloudwatchlogs::types::RejectedLogEventsInfo;
+        let info = RejectedLogEventsInfo::builder()
+            .too_old_log_event_end_index(2)
+            .too_new_log_event_start_index(8)
+            .build();
+        assert_eq!(rejected_ranges(10, &info), (2, 0, 8));
+        let info = RejectedLogEventsInfo::builder()
+            .expired_log_event_end_index(0)
+            .build();
+        assert_eq!(rejected_ranges(10, &info), (0, 1, 10));
+        let info = RejectedLogEventsInfo::builder()
+            .too_new_log_event_start_index(20)
+            .build();
+        assert_eq!(rejected_ranges(3, &info), (0, 0, 3));
     }
 
     #[test]
