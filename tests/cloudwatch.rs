@@ -622,3 +622,84 @@ fn endpoint_outage_loses_nothing_and_sends_nothing_twice() {
     let log = agent.log_text();
     assert!(log.contains("PutLogEvents failed"), "{log}");
 }
+
+fn dry_run(dir: &Path, output: &str) -> (bool, String) {
+    let config = write_config(
+        dir,
+        "cw.conf",
+        &format!("[INPUT]\n    Name dummy\n[OUTPUT]\n    Match *\n{output}"),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_logferry"))
+        .arg("--dry-run")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+#[test]
+fn options_of_both_plugins_are_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let every_c_option = "    Name cloudwatch_logs\n    region us-east-1\n    log_group_name g\n    log_group_template /$kubernetes['namespace_name']\n    log_stream_prefix p-\n    log_stream_template $TAG[0]\n    log_key log\n    log_format json/emf\n    role_arn arn:aws:iam::222222222222:role/cross-account-log-role\n    external_id x\n    sts_endpoint https://sts.us-east-1.amazonaws.com\n    endpoint http://127.0.0.1:1\n    auto_create_group On\n    log_retention_days 14\n    log_group_class INFREQUENT_ACCESS\n    metric_namespace ns\n    metric_dimensions a,b;c\n    auto_retry_requests false\n    profile default\n    extra_user_agent ecs-init\n    workers 2\n    Retry_Limit 5\n";
+    let (ok, out) = dry_run(d, every_c_option);
+    assert!(ok, "{out}");
+    let every_go_option = "    Name cloudwatch\n    region us-west-2\n    log_group_name /aws/ecs/containerinsights/$(ecs_cluster)/application\n    log_stream_name $(ecs_task_id)-$(tag[1])-$(uuid)-$(a['b'])\n    default_log_group_name dg\n    default_log_stream_name ds\n    auto_create_group true\n    auto_create_stream false\n    new_log_group_tags team=logs\n    log_retention_days 30\n    log_key log\n    log_format json\n    role_arn arn:aws:iam::222222222222:role/cross-account-log-role\n    external_id x\n    sts_endpoint sts.us-west-2.amazonaws.com\n    endpoint logs.us-west-2.amazonaws.com\n    credentials_endpoint http://169.254.170.2/v2/credentials/abc\n";
+    let (ok, out) = dry_run(d, every_go_option);
+    assert!(ok, "{out}");
+    let cases = [
+        ("    Name cloudwatch_logs\n    log_group_name g\n    log_stream_name s\n", "'region' is a required field"),
+        ("    Name cloudwatch_logs\n    region r\n    log_stream_name s\n", "'log_group_name' is a required field"),
+        ("    Name cloudwatch_logs\n    region r\n    log_group_name g\n", "Either 'log_stream_name' or 'log_stream_prefix' is required"),
+        ("    Name cloudwatch_logs\n    region r\n    log_group_name g\n    log_stream_name s\n    log_stream_prefix p\n", "cw.conf:9: key 'log_stream_prefix'"),
+        ("    Name cloudwatch\n    region r\n    log_group_name g\n    log_stream_name s\n    log_stream_prefix p\n", "They cannot be provided together"),
+        ("    Name cloudwatch_logs\n    region r\n    log_group_name g\n    log_stream_name s\n    log_group_class COLD\n", "The valid values for log_group_class are {STANDARD, INFREQUENT_ACCESS}. Invalid input was COLD"),
+        ("    Name cloudwatch_logs\n    region r\n    log_group_name g\n    log_stream_name s\n    log_retention_days 8\n", "cw.conf:9: key 'log_retention_days': 8 is not a retention CloudWatch accepts"),
+        ("    Name cloudwatch_logs\n    region r\n    log_group_name g\n    log_stream_name s\n    log_group_template $a['b'\n", "cw.conf:9: key 'log_group_template': could not parse the template"),
+        ("    Name cloudwatch\n    region r\n    log_group_name $(tag[12])\n    log_stream_name s\n", "the tag index must be 0 to 9"),
+        ("    Name cloudwatch_logs\n    region r\n    log_group_name g\n    log_stream_name s\n    default_log_group_name d\n", "cw.conf:9: key 'default_log_group_name': unknown key"),
+        ("    Name cloudwatch\n    region r\n    log_group_name g\n    log_stream_name s\n    credentials_endpoint https://x\n", "credentials_endpoint must be an http:// URL"),
+        ("    Name cloudwatch_logs\n    region r\n    log_group_name g\n    log_stream_name s\n    workers 0\n", "workers must be at least 1"),
+    ];
+    for (output, expected) in cases {
+        let (ok, out) = dry_run(d, output);
+        assert!(
+            !ok && out.contains(expected),
+            "{output}\nexpected '{expected}' in:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn an_event_over_256_kib_is_truncated_and_counted() {
+    let p = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let group = format!("/logferry/big-{}", unique());
+    let port = free_port();
+    let big = "x".repeat(300_000);
+    let config = write_config(
+        d,
+        "fluent-bit.conf",
+        &format!(
+            "{}[INPUT]\n    Name dummy\n    Tag big\n    Samples 1\n    Dummy {{\"log\":\"{big}\"}}\n[INPUT]\n    Name dummy\n    Tag big\n    Samples 1\n    Dummy {{\"log\":\"small\"}}\n[OUTPUT]\n    Name cloudwatch_logs\n    Match *\n    region us-east-1\n    endpoint {}\n    log_group_name {group}\n    log_stream_name s\n    log_key log\n    auto_create_group On\n",
+            service(d, port),
+            p.var("MOTO_ENDPOINT")
+        ),
+    );
+    let _agent = start_agent(d, &config, Some(("test", "test")));
+    let mut got = delivered_messages(port, &moto(&p), &group, "s", 2);
+    got.sort_by_key(String::len);
+    assert_eq!(got[0], "small");
+    // 262,144 bytes per event, CloudWatch's 26 included.
+    assert_eq!(got[1].len(), 262_144 - 26);
+    assert!(got[1].starts_with("xxxx") && got[1].ends_with("[Truncated...]"));
+    assert_eq!(
+        metric(port, "logferry_output_cloudwatch_truncated_events_total"),
+        1
+    );
+}

@@ -368,15 +368,24 @@ pub fn build(
             identity.credentials_endpoint = Some(prop.value.clone());
         }
     }
-    let extra_user_agent = match p.prop("extra_user_agent") {
-        None => None,
-        Some(ua) => Some(aws_config::AppName::new(ua.value.clone()).map_err(|_| {
-            ConfigError::key(
-                ua,
-                "extra_user_agent may hold letters, digits and !#$%&'*+-.^_`|~ only",
-            )
-        })?),
-    };
+    // Sent as the SDK's app name (`app/<name>` in the user agent), which allows letters, digits
+    // and !#$%&'*+-.^_`|~ only; other characters (Fluent Bit allows any) become '-'.
+    let extra_user_agent = p
+        .str("extra_user_agent")
+        .filter(|ua| !ua.is_empty())
+        .map(|ua| {
+            let name: String = ua
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c) {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            aws_config::AppName::new(name).expect("only allowed characters")
+        });
     let log_format = match p.prop("log_format") {
         None => None,
         Some(f) if f.value.bytes().all(|b| b.is_ascii_graphic()) => Some(f.value.clone()),
