@@ -174,24 +174,28 @@ struct MessageFormat {
 }
 
 impl MessageFormat {
-    /// None when the record lacks `log_key`.
-    fn encode(&self, record: &Map) -> Option<String> {
-        let mut out = Vec::with_capacity(256);
-        match &self.log_key {
-            None => crate::json::write_map(&mut out, record, None, true),
+    /// None when the record lacks `log_key`. JSON is written into `scratch` (reused across
+    /// records) and copied out once at its exact size; a string `log_key` value is copied once.
+    fn encode(&self, record: &Map, scratch: &mut Vec<u8>) -> Option<String> {
+        scratch.clear();
+        let bytes: &[u8] = match &self.log_key {
+            None => {
+                crate::json::write_map(scratch, record, None, true);
+                scratch
+            }
             Some(k) => match record.get(k)? {
-                Value::Str(s) => out.extend_from_slice(s),
-                v => crate::json::write_value(&mut out, v, true),
+                Value::Str(s) => s,
+                v => {
+                    crate::json::write_value(scratch, v, true);
+                    scratch
+                }
             },
-        }
-        let text = match String::from_utf8(out) {
-            Ok(t) => t,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         };
-        Some(if self.trim && text.trim().len() != text.len() {
+        let text = String::from_utf8_lossy(bytes);
+        Some(if self.trim {
             text.trim().to_string()
         } else {
-            text
+            text.into_owned()
         })
     }
 }
@@ -556,7 +560,7 @@ impl CloudWatchOutput {
         let shared = self.shared.clone().expect("started before the first write");
         let mut given_up = vec![0usize; batches.len()];
         let mut streams: HashMap<String, Vec<Prepared>> = HashMap::new();
-        let (mut key, mut scratch) = (String::new(), String::new());
+        let (mut key, mut scratch, mut json) = (String::new(), String::new(), Vec::new());
         let (mut fallbacks, mut truncated, mut unsendable) = (0u32, 0u64, 0u64);
         let per_record = self.naming.reads_record();
         for (origin, (tag, events)) in batches.iter().enumerate() {
@@ -572,7 +576,10 @@ impl CloudWatchOutput {
                         self.naming
                             .resolve(&mut key, &mut scratch, tag, &e.record, &self.names);
                 }
-                let Some(mut message) = self.message.encode(&e.record).filter(|m| !m.is_empty())
+                let Some(mut message) = self
+                    .message
+                    .encode(&e.record, &mut json)
+                    .filter(|m| !m.is_empty())
                 else {
                     unsendable += 1;
                     given_up[origin] += 1;
@@ -724,17 +731,30 @@ async fn deliver(
 ) -> Vec<u32> {
     let origins: Vec<u32> = events.iter().map(|e| e.origin).collect();
     let count = events.len();
-    // The SDK consumes its input, so each attempt sends a copy of the events kept for retries.
-    let log_events: Vec<InputLogEvent> = events
-        .into_iter()
+    // The SDK consumes its input. The first attempt sends the messages themselves; a copy of
+    // them in one buffer (one allocation per request) rebuilds the events for a retry.
+    let mut kept = String::with_capacity(events.iter().map(|e| e.message.len()).sum());
+    let spans: Vec<(i64, usize, usize)> = events
+        .iter()
         .map(|e| {
-            InputLogEvent::builder()
-                .timestamp(e.ts_ms)
-                .message(e.message)
-                .build()
-                .expect("timestamp and message are set")
+            let start = kept.len();
+            kept.push_str(&e.message);
+            (e.ts_ms, start, kept.len())
         })
         .collect();
+    let event = |ts_ms: i64, message: String| {
+        InputLogEvent::builder()
+            .timestamp(ts_ms)
+            .message(message)
+            .build()
+            .expect("timestamp and message are set")
+    };
+    let mut first: Option<Vec<InputLogEvent>> = Some(
+        events
+            .into_iter()
+            .map(|e| event(e.ts_ms, e.message))
+            .collect(),
+    );
     let m = &shared.metrics;
     let mut attempt = 0u32;
     let mut creations = 0;
@@ -745,7 +765,12 @@ async fn deliver(
             .put_log_events()
             .log_group_name(&*group)
             .log_stream_name(&*stream)
-            .set_log_events(Some(log_events.clone()))
+            .set_log_events(Some(first.take().unwrap_or_else(|| {
+                spans
+                    .iter()
+                    .map(|&(ts, a, b)| event(ts, kept[a..b].to_string()))
+                    .collect()
+            })))
             .customize()
             .mutate_request(move |r| {
                 if let Some(f) = &log_format {
@@ -955,34 +980,35 @@ mod tests {
             Value::str("  plain \"line\"\n"),
         );
         record.push(bytes::Bytes::from_static(b"n"), Value::Int(3));
+        let scratch = &mut Vec::new();
         let json = MessageFormat {
             log_key: None,
             trim: false,
         };
         assert_eq!(
-            json.encode(&record).unwrap(),
+            json.encode(&record, scratch).unwrap(),
             r#"{"log":"  plain \"line\"\n","n":3}"#
         );
         let c = MessageFormat {
             log_key: Some(b"log".to_vec()),
             trim: false,
         };
-        assert_eq!(c.encode(&record).unwrap(), "  plain \"line\"\n");
+        assert_eq!(c.encode(&record, scratch).unwrap(), "  plain \"line\"\n");
         let go = MessageFormat {
             log_key: Some(b"log".to_vec()),
             trim: true,
         };
-        assert_eq!(go.encode(&record).unwrap(), "plain \"line\"");
+        assert_eq!(go.encode(&record, scratch).unwrap(), "plain \"line\"");
         let n = MessageFormat {
             log_key: Some(b"n".to_vec()),
             trim: false,
         };
-        assert_eq!(n.encode(&record).unwrap(), "3");
+        assert_eq!(n.encode(&record, scratch).unwrap(), "3");
         let missing = MessageFormat {
             log_key: Some(b"nope".to_vec()),
             trim: false,
         };
-        assert_eq!(missing.encode(&record), None);
+        assert_eq!(missing.encode(&record, scratch), None);
     }
 
     #[test]
