@@ -703,3 +703,50 @@ fn an_event_over_256_kib_is_truncated_and_counted() {
         1
     );
 }
+
+#[test]
+fn events_cloudwatch_rejects_are_counted_and_logged_not_lost_silently() {
+    let p = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let group = format!("/logferry/rejected-{}", unique());
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S");
+    std::fs::write(
+        d.join("app.log"),
+        format!(
+            "{{\"time\":\"2020-01-01T00:00:00\",\"log\":\"too old\"}}\n{{\"time\":\"{now}\",\"log\":\"current\"}}\n{{\"time\":\"2099-01-01T00:00:00\",\"log\":\"too new\"}}\n"
+        ),
+    )
+    .unwrap();
+    write_config(
+        d,
+        "parsers.conf",
+        "[PARSER]\n    Name iso\n    Format json\n    Time_Key time\n    Time_Format %Y-%m-%dT%H:%M:%S\n",
+    );
+    let port = free_port();
+    let config = write_config(
+        d,
+        "fluent-bit.conf",
+        &format!(
+            "{}    Parsers_File parsers.conf\n{}    Parser iso\n[OUTPUT]\n    Name cloudwatch_logs\n    Match *\n    region us-east-1\n    endpoint {}\n    log_group_name {group}\n    log_stream_name s\n    log_key log\n    auto_create_group On\n",
+            service(d, port),
+            tail_input(d, "app"),
+            p.var("MOTO_ENDPOINT")
+        ),
+    );
+    let agent = start_agent(d, &config, Some(("test", "test")));
+    wait_until(T, "the rejection counted", || {
+        metric(port, "logferry_output_cloudwatch_rejected_events_total") == 2
+    });
+    assert_eq!(metric(port, "fluentbit_output_dropped_records_total"), 2);
+    assert_eq!(metric(port, "fluentbit_output_proc_records_total"), 1);
+    assert_eq!(messages(&moto(&p), &group, "s"), ["current"]);
+    let log = agent.log_text();
+    // More than 24 h apart, the three events went in three requests.
+    assert!(
+        log.contains("CloudWatch rejected 1 events: 1 too old, 0 expired, 0 too new")
+            && log.contains("CloudWatch rejected 1 events: 0 too old, 0 expired, 1 too new")
+            && log.contains(&format!("group={group}")),
+        "{log}"
+    );
+}
