@@ -559,12 +559,51 @@ impl CloudWatchOutput {
         self.task_metadata().await?;
         let shared = self.shared.clone().expect("started before the first write");
         let mut given_up = vec![0usize; batches.len()];
+        let streams = self.prepare(batches, &mut given_up, &shared.metrics);
+        let mut requests = Vec::new();
+        for (key, events) in streams {
+            let (group, stream) = key.split_once('\0').expect("joined by resolve");
+            let (group, stream): (Arc<str>, Arc<str>) = (group.into(), stream.into());
+            for b in batch::split(events) {
+                requests.push((group.clone(), stream.clone(), b));
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut collect = |result: Result<Vec<u32>, tokio::task::JoinError>| {
+            for origin in result.expect("request task does not panic") {
+                given_up[origin as usize] += 1;
+            }
+        };
+        for (group, stream, events) in requests {
+            while tasks.len() >= self.in_flight {
+                collect(tasks.join_next().await.expect("non-empty"));
+            }
+            tasks.spawn(deliver(shared.clone(), group, stream, events));
+        }
+        while let Some(result) = tasks.join_next().await {
+            collect(result);
+        }
+        Ok(if given_up.iter().all(|n| *n == 0) {
+            Written::All
+        } else {
+            Written::Partly(given_up)
+        })
+    }
+
+    /// Encodes each record once and files it under its `group\0stream`; records that cannot
+    /// be sent are counted in `given_up` (per batch).
+    fn prepare(
+        &self,
+        batches: &[(&str, &[Event])],
+        given_up: &mut [usize],
+        m: &OutputMetrics,
+    ) -> HashMap<String, Vec<Prepared>> {
         let mut streams: HashMap<String, Vec<Prepared>> = HashMap::new();
         let (mut key, mut scratch, mut json) = (String::new(), String::new(), Vec::new());
         let (mut fallbacks, mut truncated, mut unsendable) = (0u32, 0u64, 0u64);
         let per_record = self.naming.reads_record();
+        let empty = Map::default();
         for (origin, (tag, events)) in batches.iter().enumerate() {
-            let empty = Map::default();
             if !per_record {
                 fallbacks += self
                     .naming
@@ -599,7 +638,6 @@ impl CloudWatchOutput {
                 }
             }
         }
-        let m = &shared.metrics;
         if truncated > 0 {
             m.events_truncated.add(truncated);
             tracing::warn!(output = %self.instance, "{truncated} events over 262,144 bytes (with CloudWatch's 26 per event) were truncated");
@@ -623,34 +661,7 @@ impl CloudWatchOutput {
             tracing::warn!(output = %self.instance, "{fallbacks} group/stream names did not resolve from their template (a missing key or tag part): used {group} / {stream}");
         }
 
-        let mut requests = Vec::new();
-        for (key, events) in streams {
-            let (group, stream) = key.split_once('\0').expect("joined by resolve");
-            let (group, stream): (Arc<str>, Arc<str>) = (group.into(), stream.into());
-            for b in batch::split(events) {
-                requests.push((group.clone(), stream.clone(), b));
-            }
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut collect = |result: Result<Vec<u32>, tokio::task::JoinError>| {
-            for origin in result.expect("request task does not panic") {
-                given_up[origin as usize] += 1;
-            }
-        };
-        for (group, stream, events) in requests {
-            while tasks.len() >= self.in_flight {
-                collect(tasks.join_next().await.expect("non-empty"));
-            }
-            tasks.spawn(deliver(shared.clone(), group, stream, events));
-        }
-        while let Some(result) = tasks.join_next().await {
-            collect(result);
-        }
-        Ok(if given_up.iter().all(|n| *n == 0) {
-            Written::All
-        } else {
-            Written::Partly(given_up)
-        })
+        streams
     }
 }
 
