@@ -509,9 +509,12 @@ fn cross_account_role_from_task_role_credentials_writes_and_without_it_access_is
     wait_until(T, "AccessDenied naming the group", || {
         agent3.log_text().contains(&expected)
     });
-    assert!(agent3
-        .log_text()
-        .contains("identity: the default credential chain"));
+    let log = agent3.log_text();
+    assert!(
+        log.contains("identity: the default credential chain"),
+        "{log}"
+    );
+    println!("{log}");
     assert_eq!(http_get(port3, "/api/v1/health").map(|r| r.0), Some(500));
     wait_until(T, "records dropped at Retry_Limit", || {
         metric(port3, "fluentbit_output_dropped_records_total") == 20

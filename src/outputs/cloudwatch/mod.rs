@@ -680,11 +680,13 @@ fn classify<E>(e: &SdkError<E, aws_sdk_cloudwatchlogs::config::http::HttpRespons
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let text = DisplayErrorContext(e).to_string();
+    let denied =
+        |status: u16, code: &str| status == 401 || status == 403 || code.contains("AccessDenied");
     match e {
         SdkError::ServiceError(s) => {
             let status = s.raw().status().as_u16();
             let code = s.err().code().unwrap_or_default();
+            let text = answer(status, code, s.err().message(), s.raw().body().bytes());
             match code {
                 "ResourceNotFoundException" => Failure::Missing,
                 "ThrottlingException"
@@ -692,27 +694,53 @@ where
                 | "LimitExceededException"
                 | "RequestLimitExceeded" => Failure::Transient(text),
                 _ if status >= 500 || status == 429 => Failure::Transient(text),
-                _ if status == 401 || status == 403 || code.contains("AccessDenied") => {
-                    Failure::Permanent(format!("AccessDenied (HTTP {status}): {text}"))
-                }
+                _ if denied(status, code) => Failure::Permanent(format!("AccessDenied ({text})")),
                 _ => Failure::Permanent(text),
             }
         }
         SdkError::ResponseError(r) => {
             let status = r.raw().status().as_u16();
-            if status == 401 || status == 403 {
-                Failure::Permanent(format!("AccessDenied (HTTP {status}): {text}"))
+            let text = answer(status, "", None, r.raw().body().bytes());
+            if denied(status, "") {
+                Failure::Permanent(format!("AccessDenied ({text})"))
             } else {
-                Failure::Transient(format!("HTTP {status}: {text}"))
+                Failure::Transient(text)
             }
         }
         SdkError::DispatchFailure(_) if caused_by_credentials(e) => {
             // Credentials that cannot be had (the chain is empty, AssumeRole refused).
-            Failure::Permanent(format!("no usable credentials: {text}"))
+            Failure::Permanent(format!("no usable credentials: {}", DisplayErrorContext(e)))
         }
-        SdkError::ConstructionFailure(_) => Failure::Permanent(text),
-        _ => Failure::Transient(text),
+        SdkError::ConstructionFailure(_) => Failure::Permanent(DisplayErrorContext(e).to_string()),
+        _ => Failure::Transient(DisplayErrorContext(e).to_string()),
     }
+}
+
+/// What the service answered, briefly: status, code and message; when the body was not the
+/// JSON the SDK expects (a proxy's page, an XML error), its `<Message>` or its first 200 bytes.
+fn answer(status: u16, code: &str, message: Option<&str>, body: Option<&[u8]>) -> String {
+    let mut out = format!("HTTP {status}");
+    if !code.is_empty() {
+        out.push_str(&format!(" {code}"));
+    }
+    match message {
+        Some(m) => out.push_str(&format!(": {m}")),
+        None => {
+            let body = String::from_utf8_lossy(body.unwrap_or_default());
+            let text = match (body.find("<Message>"), body.find("</Message>")) {
+                (Some(a), Some(b)) if a < b => &body[a + 9..b],
+                _ => body.trim(),
+            };
+            if !text.is_empty() {
+                let mut end = text.len().min(200);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.push_str(&format!(": {}", &text[..end]));
+            }
+        }
+    }
+    out
 }
 
 fn caused_by_credentials(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -1038,6 +1066,20 @@ mod tests {
             .too_new_log_event_start_index(20)
             .build();
         assert_eq!(rejected_ranges(3, &info), (0, 0, 3));
+    }
+
+    #[test]
+    fn answers_are_brief() {
+        assert_eq!(
+            answer(400, "InvalidParameterException", Some("bad"), None),
+            "HTTP 400 InvalidParameterException: bad"
+        );
+        let xml = b"<ErrorResponse><Error><Code>AccessDenied</Code><Message>User x is not authorized</Message></Error></ErrorResponse>";
+        assert_eq!(
+            answer(403, "", None, Some(xml)),
+            "HTTP 403: User x is not authorized"
+        );
+        assert_eq!(answer(502, "", None, Some(b"")), "HTTP 502");
     }
 
     #[test]
