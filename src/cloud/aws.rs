@@ -93,8 +93,14 @@ impl AwsIdentity {
 
     /// Names the identity in errors: the role when one is assumed, else the default chain.
     pub fn describe(&self) -> String {
+        // The path of a credentials URL (ECS: `/v2/credentials/<id>`) fetches credentials:
+        // only its host is named.
         let base = match &self.credentials_endpoint {
-            Some(url) => format!("credentials from {url}"),
+            Some(url) => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let host = rest.split('/').next().unwrap_or_default();
+                format!("credentials_endpoint {host}")
+            }
             None => "the default credential chain".to_string(),
         };
         match &self.role_arn {
