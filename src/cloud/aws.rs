@@ -96,11 +96,7 @@ impl AwsIdentity {
         // The path of a credentials URL (ECS: `/v2/credentials/<id>`) fetches credentials:
         // only its host is named.
         let base = match &self.credentials_endpoint {
-            Some(url) => {
-                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-                let host = rest.split('/').next().unwrap_or_default();
-                format!("credentials_endpoint {host}")
-            }
+            Some(url) => format!("credentials_endpoint {}", url_host(url)),
             None => "the default credential chain".to_string(),
         };
         match &self.role_arn {
@@ -132,6 +128,12 @@ pub fn with_scheme(endpoint: &str) -> String {
     }
 }
 
+/// `http://host:port/path` → `host:port`: a credentials URL's path is a capability.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or_default()
+}
+
 /// Credentials from a container-credentials endpoint (the JSON the ECS agent serves:
 /// `AccessKeyId`, `SecretAccessKey`, `Token`, `Expiration`), with the agent's authorization
 /// token (`AWS_CONTAINER_AUTHORIZATION_TOKEN`) when set. The SDK caches them until expiry.
@@ -152,11 +154,17 @@ impl EndpointCredentials {
         let (status, body) =
             super::local_http::get(&self.url, &headers, std::time::Duration::from_secs(5))
                 .await
-                .map_err(CredentialsError::provider_error)?;
+                .map_err(|e| {
+                    CredentialsError::provider_error(format!(
+                        "credentials_endpoint {}: {}",
+                        url_host(&self.url),
+                        e.kind()
+                    ))
+                })?;
         if status != 200 {
             return Err(CredentialsError::provider_error(format!(
-                "credentials endpoint {} answered HTTP {status}",
-                self.url
+                "credentials_endpoint {} answered HTTP {status}",
+                url_host(&self.url)
             )));
         }
         #[derive(serde::Deserialize)]
@@ -169,8 +177,8 @@ impl EndpointCredentials {
         }
         let served: Served = serde_json::from_slice(&body).map_err(|e| {
             CredentialsError::provider_error(format!(
-                "credentials endpoint {}: unexpected answer ({e})",
-                self.url
+                "credentials_endpoint {}: unexpected answer ({e})",
+                url_host(&self.url)
             ))
         })?;
         let expiry = served
