@@ -753,3 +753,38 @@ fn events_cloudwatch_rejects_are_counted_and_logged_not_lost_silently() {
         "{log}"
     );
 }
+
+#[test]
+fn a_refusing_credentials_endpoint_is_reported_without_its_path() {
+    let p = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let refusing = CredentialEndpoint::start(|_| Reply::new(404, "{}"));
+    let url = format!("{}/v2/credentials/secret-task-guid", refusing.url);
+    let port = free_port();
+    let config = write_config(
+        d,
+        "fluent-bit.conf",
+        &format!(
+            "{}[INPUT]\n    Name dummy\n    Tag t\n    Samples 3\n[OUTPUT]\n    Name cloudwatch\n    Match *\n    region us-east-1\n    endpoint {}\n    credentials_endpoint {url}\n    log_group_name g\n    log_stream_name s\n    Retry_Limit 1\n",
+            service(d, port),
+            p.var("MOTO_ENDPOINT")
+        ),
+    );
+    let agent = start_agent(d, &config, None);
+    let host = refusing.url.trim_start_matches("http://");
+    wait_until(T, "records dropped", || {
+        metric(port, "fluentbit_output_dropped_records_total") == 3
+    });
+    let log = agent.log_text();
+    assert!(
+        log.contains("no usable credentials")
+            && log.contains(&format!("credentials_endpoint {host} answered HTTP 404"))
+            && !log.contains("secret-task-guid"),
+        "{log}"
+    );
+    assert_eq!(metric(port, "fluentbit_output_proc_records_total"), 0);
+    assert!(refusing
+        .requests()
+        .contains(&"GET /v2/credentials/secret-task-guid".to_string()));
+}
