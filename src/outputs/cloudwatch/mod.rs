@@ -108,6 +108,13 @@ impl CloudWatchOutput {
         metrics
             .cloudwatch
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(g) = self
+            .groups
+            .as_ref()
+            .filter(|g| g.class.is_some() && !g.auto_create_group)
+        {
+            tracing::warn!(output = %self.instance, class = ?g.class, "log_group_class applies only to log groups logferry creates, and auto_create_group is off");
+        }
         let sdk = self.identity.sdk_config().await;
         let mut conf = aws_sdk_cloudwatchlogs::config::Builder::from(&sdk)
             .retry_config(if self.auto_retry_requests {
