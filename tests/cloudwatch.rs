@@ -375,14 +375,29 @@ fn ecs_template_without_a_reachable_metadata_endpoint_is_a_clear_error() {
     assert_eq!(metric(port, "fluentbit_output_proc_records_total"), 0);
 }
 
-/// moto-auth: a "task role" that may only assume roles, and a "log role" in the log account that
-/// may write logs. Returns the task role's temporary credentials and the log role's ARN.
+/// moto-auth: a "task role" that may only assume roles, and a "log role" in the log account with
+/// the actions of the shipped `deploy/aws/cloudwatch-logs-write-policy.json` (on every resource:
+/// moto checks CloudWatch Logs calls against `*` only, so a resource-scoped statement never
+/// matches there). Returns the task role's temporary credentials and the log role's ARN.
 fn cross_account_roles(p: &Peers) -> (String, String, String, String) {
+    let policy = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/aws/cloudwatch-logs-write-policy.json"
+    ))
+    .unwrap()
+    .replace(
+        "arn:aws:logs:REGION:ACCOUNT_ID:log-group:LOG_GROUP_PREFIX*",
+        "*",
+    );
+    assert!(
+        !policy.contains("REGION"),
+        "the policy's resources changed: {policy}"
+    );
     let out = run_python(
         p,
         r#"
 import sys, json, random, boto3
-ep, ak, sk = sys.argv[1:4]
+ep, ak, sk, policy = sys.argv[1:5]
 kw = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id=ak, aws_secret_access_key=sk)
 n = str(random.randint(0, 10**9))
 iam = boto3.client("iam", **kw)
@@ -390,7 +405,7 @@ trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal":
 task = iam.create_role(RoleName="ecs-task-role-" + n, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
 iam.put_role_policy(RoleName="ecs-task-role-" + n, PolicyName="assume", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]}))
 log = iam.create_role(RoleName="cross-account-log-role-" + n, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-iam.put_role_policy(RoleName="cross-account-log-role-" + n, PolicyName="cloudwatch-write", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:CreateLogGroup", "logs:DescribeLogStreams", "logs:PutLogEvents", "logs:PutRetentionPolicy"], "Resource": "*"}]}))
+iam.put_role_policy(RoleName="cross-account-log-role-" + n, PolicyName="cloudwatch-write", PolicyDocument=policy)
 c = boto3.client("sts", **kw).assume_role(RoleArn=task, RoleSessionName="task", DurationSeconds=3600)["Credentials"]
 print(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], log)
 "#,
@@ -398,6 +413,7 @@ print(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], log)
             p.var("MOTO_AUTH_ENDPOINT"),
             p.var("MOTO_AUTH_ACCESS_KEY"),
             p.var("MOTO_AUTH_SECRET_KEY"),
+            &policy,
         ],
     );
     let [key, secret, token, role] = &out[..] else {
