@@ -380,6 +380,25 @@ pub fn render_prometheus(r: &Registry) -> String {
         "1 while the object store refuses the output permanently (credentials, permissions, bucket).",
         store_rows(&|o| o.store_failing.get()),
     );
+    let cloudwatch_rows = |f: &dyn Fn(&crate::engine::metrics::OutputMetrics) -> i64| {
+        r.outputs
+            .iter()
+            .filter(|o| o.cloudwatch.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|o| (o.name.clone(), f(o)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "logferry_output_cloudwatch_truncated_events_total",
+        "counter",
+        "Events cut to CloudWatch's 256 KiB event limit.",
+        cloudwatch_rows(&|o| o.events_truncated.get() as i64),
+    );
+    family(
+        "logferry_output_cloudwatch_rejected_events_total",
+        "counter",
+        "Events CloudWatch refused (too old, too new, expired) or that could not be sent (no log_key, empty).",
+        cloudwatch_rows(&|o| o.events_rejected.get() as i64),
+    );
     let _ = writeln!(out, "# HELP fluentbit_uptime Number of seconds that Fluent Bit has been running.\n# TYPE fluentbit_uptime counter\nfluentbit_uptime {}", r.started.elapsed().as_secs());
     let _ = writeln!(out, "# HELP fluentbit_process_start_time_seconds Start time of the process since unix epoch in seconds.\n# TYPE fluentbit_process_start_time_seconds gauge\nfluentbit_process_start_time_seconds {}", r.started_unix);
     let _ = writeln!(out, "# HELP fluentbit_build_info Build version information.\n# TYPE fluentbit_build_info gauge\nfluentbit_build_info{{version=\"{}\",edition=\"logferry\"}} 1", env!("CARGO_PKG_VERSION"));

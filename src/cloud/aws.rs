@@ -3,6 +3,8 @@
 //! `role_arn` (+ `external_id`) assumed on top and refreshed by the SDK before expiry.
 //! `sts_endpoint` sends the AssumeRole calls to that endpoint (a VPC endpoint); otherwise STS is
 //! regional, and `AWS_STS_REGIONAL_ENDPOINTS` / `AWS_ENDPOINT_URL_STS` are honoured by the SDK.
+//! `credentials_endpoint` (the Go CloudWatch plugin's option) replaces the chain with one
+//! container-credentials endpoint, read as the ECS agent serves it.
 
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -18,6 +20,9 @@ pub struct AwsIdentity {
     pub role_arn: Option<String>,
     pub external_id: Option<String>,
     pub sts_endpoint: Option<String>,
+    /// An `http://` endpoint serving container credentials (ECS task role JSON) used as the
+    /// base credentials instead of the default chain.
+    pub credentials_endpoint: Option<String>,
 }
 
 impl AwsIdentity {
@@ -47,6 +52,7 @@ impl AwsIdentity {
             role_arn,
             external_id,
             sts_endpoint: p.str("sts_endpoint").map(with_scheme),
+            credentials_endpoint: None,
         })
     }
 
@@ -57,6 +63,9 @@ impl AwsIdentity {
             .region(Region::new(self.region.clone()));
         if let Some(profile) = &self.profile {
             loader = loader.profile_name(profile);
+        }
+        if let Some(url) = &self.credentials_endpoint {
+            loader = loader.credentials_provider(EndpointCredentials { url: url.clone() });
         }
         let base = loader.load().await;
         let Some(role_arn) = &self.role_arn else {
@@ -84,14 +93,21 @@ impl AwsIdentity {
 
     /// Names the identity in errors: the role when one is assumed, else the default chain.
     pub fn describe(&self) -> String {
+        // The path of a credentials URL (ECS: `/v2/credentials/<id>`) fetches credentials:
+        // only its host is named.
+        let base = match &self.credentials_endpoint {
+            Some(url) => format!("credentials_endpoint {}", url_host(url)),
+            None => "the default credential chain".to_string(),
+        };
         match &self.role_arn {
             Some(arn) => format!(
-                "role {arn} assumed with the default credential chain{}",
+                "role {arn} assumed with {base}{}",
                 self.sts_endpoint
                     .as_ref()
                     .map(|e| format!(" via STS {e}"))
                     .unwrap_or_default()
             ),
+            None if self.credentials_endpoint.is_some() => base,
             None => match &self.profile {
                 Some(p) => format!("profile '{p}'"),
                 None => {
@@ -109,5 +125,84 @@ pub fn with_scheme(endpoint: &str) -> String {
         endpoint.trim_end_matches('/').to_string()
     } else {
         format!("https://{}", endpoint.trim_end_matches('/'))
+    }
+}
+
+/// `http://host:port/path` → `host:port`: a credentials URL's path is a capability.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or_default()
+}
+
+/// Credentials from a container-credentials endpoint (the JSON the ECS agent serves:
+/// `AccessKeyId`, `SecretAccessKey`, `Token`, `Expiration`), with the agent's authorization
+/// token (`AWS_CONTAINER_AUTHORIZATION_TOKEN`) when set. The SDK caches them until expiry.
+#[derive(Debug)]
+struct EndpointCredentials {
+    url: String,
+}
+
+impl EndpointCredentials {
+    async fn fetch(&self) -> aws_credential_types::provider::Result {
+        use aws_credential_types::provider::error::CredentialsError;
+        let token = std::env::var("AWS_CONTAINER_AUTHORIZATION_TOKEN").ok();
+        let headers: Vec<(&str, &str)> = token
+            .as_deref()
+            .map(|t| ("Authorization", t))
+            .into_iter()
+            .collect();
+        let (status, body) =
+            super::local_http::get(&self.url, &headers, std::time::Duration::from_secs(5))
+                .await
+                .map_err(|e| {
+                    CredentialsError::provider_error(format!(
+                        "credentials_endpoint {}: {}",
+                        url_host(&self.url),
+                        e.kind()
+                    ))
+                })?;
+        if status != 200 {
+            return Err(CredentialsError::provider_error(format!(
+                "credentials_endpoint {} answered HTTP {status}",
+                url_host(&self.url)
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Served {
+            access_key_id: String,
+            secret_access_key: String,
+            token: Option<String>,
+            expiration: Option<String>,
+        }
+        let served: Served = serde_json::from_slice(&body).map_err(|e| {
+            CredentialsError::provider_error(format!(
+                "credentials_endpoint {}: unexpected answer ({e})",
+                url_host(&self.url)
+            ))
+        })?;
+        let expiry = served
+            .expiration
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(std::time::SystemTime::from);
+        Ok(aws_credential_types::Credentials::new(
+            served.access_key_id,
+            served.secret_access_key,
+            served.token,
+            expiry,
+            "credentials_endpoint",
+        ))
+    }
+}
+
+impl aws_credential_types::provider::ProvideCredentials for EndpointCredentials {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(self.fetch())
     }
 }

@@ -2,3 +2,4 @@
 //! (only the source, role and what the service said).
 
 pub mod aws;
+pub mod local_http;

@@ -94,6 +94,13 @@ pub struct OutputMetrics {
     pub store_failing: Gauge,
     /// Set by object-store outputs at start: their upload and spool series are exported.
     pub object_store: std::sync::atomic::AtomicBool,
+    /// logferry (CloudWatch outputs): events cut to CloudWatch's event size limit.
+    pub events_truncated: Counter,
+    /// logferry (CloudWatch outputs): events not accepted: refused by the service (too old,
+    /// too new, expired) or not sendable (no `log_key`, empty). Also in `dropped_records`.
+    pub events_rejected: Counter,
+    /// Set by CloudWatch outputs at start: their event series are exported.
+    pub cloudwatch: std::sync::atomic::AtomicBool,
 }
 
 impl OutputMetrics {

@@ -10,6 +10,7 @@
 //! Invariant 2: the runner blocks on a failing batch (no unbounded retry queue); the inputs'
 //! byte budgets then fill and reading pauses.
 
+pub mod cloudwatch;
 pub mod file;
 pub mod format;
 pub mod forward;
@@ -34,6 +35,23 @@ pub enum OutputPlugin {
     File(file::FileOut),
     Forward(Box<forward::ForwardOut>),
     ObjectStore(Box<objectstore::ObjectStoreOutput>),
+    CloudWatch(Box<cloudwatch::CloudWatchOutput>),
+}
+
+/// What a successful write settled: every record, or all but some given up (counted and logged
+/// by the plugin), as a count per batch in the order the batches were given.
+pub enum Written {
+    All,
+    Partly(Vec<usize>),
+}
+
+impl Written {
+    fn given_up(&self, batch: usize) -> usize {
+        match self {
+            Written::All => 0,
+            Written::Partly(n) => n[batch],
+        }
+    }
 }
 
 impl OutputPlugin {
@@ -56,26 +74,43 @@ impl OutputPlugin {
                 service.storage_path.as_deref(),
                 service.backoff,
             )?)),
+            "cloudwatch_logs" | "cloudwatch" => {
+                let flavour = if name == "cloudwatch" {
+                    cloudwatch::Flavour::Go
+                } else {
+                    cloudwatch::Flavour::FluentBit
+                };
+                OutputPlugin::CloudWatch(Box::new(cloudwatch::build(
+                    p,
+                    instance,
+                    flavour,
+                    service.backoff,
+                )?))
+            }
             other => {
                 let prop = p.prop("name").expect("name checked by the caller");
                 return Err(ConfigError::key(
                     prop,
-                    format!("unknown output plugin '{other}' (null, stdout, file, forward, s3)"),
+                    format!("unknown output plugin '{other}' (null, stdout, file, forward, s3, cloudwatch_logs, cloudwatch)"),
                 ));
             }
         })
     }
 
-    /// Starts background work (the object-store uploader).
+    /// Starts background work (the object-store uploader) or clients (CloudWatch).
     async fn start(
         &mut self,
         metrics: &Arc<OutputMetrics>,
         health: &Arc<HealthWindow>,
         hard_stop: &watch::Receiver<bool>,
     ) {
-        if let OutputPlugin::ObjectStore(o) = self {
-            o.start(metrics.clone(), health.clone(), hard_stop.clone())
-                .await;
+        match self {
+            OutputPlugin::ObjectStore(o) => {
+                o.start(metrics.clone(), health.clone(), hard_stop.clone())
+                    .await
+            }
+            OutputPlugin::CloudWatch(c) => c.start(metrics.clone(), health.clone()).await,
+            _ => {}
         }
     }
 
@@ -94,7 +129,7 @@ impl OutputPlugin {
     /// Writes every batch; Ok means the destination has them durably. Plugins that write to
     /// local files or the spool do so on a blocking section of the runtime; network plugins
     /// await their peers.
-    async fn write(&mut self, batches: &[(&str, &[Event])]) -> std::io::Result<()> {
+    async fn write(&mut self, batches: &[(&str, &[Event])]) -> std::io::Result<Written> {
         use tokio::task::block_in_place;
         match self {
             OutputPlugin::Null => Ok(()),
@@ -102,7 +137,9 @@ impl OutputPlugin {
             OutputPlugin::File(f) => block_in_place(|| f.write(batches)),
             OutputPlugin::Forward(f) => f.write(batches).await,
             OutputPlugin::ObjectStore(o) => block_in_place(|| o.write(batches)),
+            OutputPlugin::CloudWatch(c) => return c.write(batches).await,
         }
+        .map(|()| Written::All)
     }
 }
 
@@ -204,10 +241,19 @@ impl OutputRunner {
                     }
                 };
                 match result {
-                    Ok(()) => {
-                        self.metrics.proc_records.add(records as u64);
-                        self.metrics.proc_bytes.add(bytes);
-                        pending.into_iter().for_each(|d| d.claim.delivered());
+                    Ok(written) => {
+                        for (i, d) in pending.into_iter().enumerate() {
+                            let given_up = written.given_up(i);
+                            let n = d.batch.events.len();
+                            self.metrics.proc_records.add((n - given_up) as u64);
+                            if given_up == 0 {
+                                self.metrics.proc_bytes.add(d.batch.raw_bytes);
+                                d.claim.delivered();
+                            } else {
+                                self.metrics.dropped_records.add(given_up as u64);
+                                d.claim.dropped();
+                            }
+                        }
                         break;
                     }
                     Err(e) => {
