@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_cloudwatchlogs::Client;
+use common::cloudwatch::*;
 use common::peers::{block_on, isolated_aws_env, run_python, CredentialEndpoint, Peers, Reply};
 use common::*;
 
@@ -24,75 +25,6 @@ fn unique() -> String {
         .unwrap()
         .subsec_nanos();
     format!("{}-{nanos}", std::process::id())
-}
-
-fn logs_client(endpoint: &str, key: &str, secret: &str) -> Client {
-    logs_client_in(endpoint, key, secret, "us-east-1")
-}
-
-fn logs_client_in(endpoint: &str, key: &str, secret: &str, region: &str) -> Client {
-    let conf = aws_sdk_cloudwatchlogs::config::Builder::new()
-        .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
-        .region(aws_sdk_cloudwatchlogs::config::Region::new(
-            region.to_string(),
-        ))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
-            key, secret, None, None, "test",
-        ))
-        .build();
-    Client::from_conf(conf)
-}
-
-fn moto(p: &Peers) -> Client {
-    logs_client(p.var("MOTO_ENDPOINT"), "test", "test")
-}
-
-/// Every message of a stream (empty while the group or stream does not exist).
-fn messages(client: &Client, group: &str, stream: &str) -> Vec<String> {
-    block_on(async {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = client
-                .get_log_events()
-                .log_group_name(group)
-                .log_stream_name(stream)
-                .start_from_head(true)
-                .set_next_token(token.clone())
-                .send()
-                .await;
-            let Ok(page) = page else { return out };
-            let events = page.events();
-            out.extend(
-                events
-                    .iter()
-                    .filter_map(|e| e.message().map(str::to_string)),
-            );
-            let next = page.next_forward_token().map(str::to_string);
-            if events.is_empty() || next.is_none() || next == token {
-                return out;
-            }
-            token = next;
-        }
-    })
-}
-
-fn stream_names(client: &Client, group: &str) -> Vec<String> {
-    block_on(async {
-        client
-            .describe_log_streams()
-            .log_group_name(group)
-            .send()
-            .await
-            .map(|o| {
-                o.log_streams()
-                    .iter()
-                    .filter_map(|s| s.log_stream_name().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    })
 }
 
 /// Waits until the agent counted `count` records delivered, then reads the stream (reading
@@ -125,15 +57,6 @@ fn tail_input(dir: &Path, tag: &str) -> String {
         dir.display(),
         dir.display()
     )
-}
-
-/// The sum of a Prometheus series over outputs (0 while the agent's HTTP server is not up).
-fn metric(port: u16, name: &str) -> u64 {
-    let body = http_get(port, "/api/v2/metrics/prometheus").map_or(String::new(), |r| r.1);
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 fn start_agent(dir: &Path, config: &Path, key: Option<(&str, &str)>) -> Agent {

@@ -11,9 +11,13 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
+use common::cloudwatch::{messages, moto, stream_names};
+use common::peers::{block_on, isolated_aws_env, run_python, Peers};
 use common::*;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -203,4 +207,151 @@ fn the_shipped_task_definitions_generate_configs_that_logferry_accepts() {
         checked += 1;
     }
     assert_eq!(checked, 2, "both FireLens task definitions in deploy/ecs");
+}
+
+/// Docker's `fluentd` log driver as FireLens configures it (`fluentd-sub-second-precision`):
+/// Message mode with EventTime, through fluent-logger, on the socket; the records it sends.
+const DOCKER_DRIVER: &str = r#"
+import sys
+from fluent import sender
+address, tag, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if address.startswith("unix:"):
+    logger = sender.FluentSender(tag, host="unix://" + address[5:], nanosecond_precision=True)
+else:
+    host, port = address.rsplit(":", 1)
+    logger = sender.FluentSender(tag, host=host, port=int(port), nanosecond_precision=True)
+for n in range(count):
+    if n % 10 == 0:
+        line = "GET /healthz req-%05d" % n
+    elif n % 10 == 5:
+        line = "startup noise %05d" % n
+    else:
+        line = "req-%05d GET /items 200" % n
+    record = {
+        "container_id": "4f1c2b3a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a",
+        "container_name": "/ecs-web-3-app-8ce8f7d0a1b2c3d4e5f6",
+        "source": "stderr" if n % 3 == 0 else "stdout",
+        "log": line,
+    }
+    if not logger.emit(None, record):
+        raise SystemExit("fluent-logger failed: %r" % logger.last_error)
+logger.close()
+print("sent", count)
+"#;
+
+#[test]
+fn the_generated_config_ships_docker_driver_records_to_cloudwatch_logs_once() {
+    let p = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(dir.path());
+    let api = free_port();
+    let group = format!(
+        "firelens-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    // The router's custom config (config-file-type file): the monitoring API for the health check.
+    let service = write_config(
+        dir.path(),
+        "service.conf",
+        &format!("[SERVICE]\n    Flush 1\n    Grace 10\n    HTTP_Server On\n    HTTP_Listen 127.0.0.1\n    HTTP_Port {api}\n    Health_Check On\n"),
+    );
+    // A task definition as users write it: include/exclude patterns (the include one a
+    // lookahead), the group name from a secret (SSM), everything else verbatim.
+    let task = serde_json::json!({
+        "family": "web",
+        "containerDefinitions": [
+            {"name": "log_router", "firelensConfiguration": {"type": "fluentbit", "options": {
+                "config-file-type": "file", "config-file-value": service.to_str().unwrap()}}},
+            {"name": "app", "logConfiguration": {"logDriver": "awsfirelens",
+                "options": {
+                    "Name": "cloudwatch_logs",
+                    "region": "us-east-1",
+                    "endpoint": p.var("MOTO_ENDPOINT"),
+                    "log_stream_prefix": "web-",
+                    "auto_create_group": "true",
+                    "log_retention_days": "14",
+                    "include-pattern": "^(?=.*req-).*$",
+                    "exclude-pattern": "healthz"
+                },
+                "secretOptions": [{"name": "log_group_name",
+                    "valueFrom": "arn:aws:ssm:us-east-1:111111111111:parameter/log-group"}]}}
+        ]
+    });
+    let (conf, env) = generate(&task, &host, &[("log_group_name", &group)]);
+    let file = write_config(dir.path(), "fluent-bit.conf", &conf);
+    let agent = Agent::start_custom(dir.path(), &file, |c| {
+        isolated_aws_env(c, Some(("test", "test")));
+        c.envs(env);
+    });
+    wait_until(Duration::from_secs(60), "the FireLens socket", || {
+        host.socket.exists() && http_get(api, "/api/v1/uptime").is_some()
+    });
+
+    let tag = format!("app-firelens-{}", host.task_id());
+    let count = 2000;
+    let socket = format!("unix:{}", host.socket.display());
+    run_python(&p, DOCKER_DRIVER, &[&socket, &tag, &count.to_string()]);
+    // A container of another task definition on TCP 24224: no output matches it.
+    let tcp = format!("127.0.0.1:{}", host.forward_port);
+    run_python(&p, DOCKER_DRIVER, &[&tcp, "sidecar-firelens-x", "50"]);
+    // The ECS TCP health check: into the null output, never to CloudWatch.
+    let mut check = std::net::TcpStream::connect(("127.0.0.1", host.health_port)).unwrap();
+    check.write_all(b"{\"health\": \"check\"}\n").unwrap();
+    drop(check);
+
+    let kept = (0..count).filter(|n| n % 10 != 0 && n % 10 != 5).count();
+    let client = moto(&p);
+    let stream = format!("web-{tag}");
+    wait_until(
+        Duration::from_secs(120),
+        &format!("{kept} events in {group}/{stream}"),
+        || metric(api, "fluentbit_output_proc_records_total") >= kept as u64,
+    );
+    let events = messages(&client, &group, &stream);
+    let mut seen = std::collections::HashSet::new();
+    for message in &events {
+        let record: serde_json::Value = serde_json::from_str(message).unwrap();
+        let log = record["log"].as_str().unwrap().to_string();
+        assert!(log.starts_with("req-") && !log.contains("healthz"), "{log}");
+        assert_eq!(record["ecs_cluster"], host.cluster, "{message}");
+        assert_eq!(record["ecs_task_arn"], host.task_arn, "{message}");
+        assert_eq!(record["ecs_task_definition"], "web:3", "{message}");
+        assert_eq!(
+            record["container_name"],
+            "/ecs-web-3-app-8ce8f7d0a1b2c3d4e5f6"
+        );
+        assert!(["stdout", "stderr"].contains(&record["source"].as_str().unwrap()));
+        assert!(seen.insert(log.clone()), "{log} arrived twice");
+    }
+    assert_eq!(seen.len(), kept, "every kept line once");
+    assert_eq!(stream_names(&client, &group), [stream.clone()]);
+    let retention = block_on(async {
+        client
+            .describe_log_groups()
+            .log_group_name_prefix(&group)
+            .send()
+            .await
+            .unwrap()
+            .log_groups()[0]
+            .retention_in_days()
+    });
+    assert_eq!(retention, Some(14));
+
+    // The container health check the task definitions use.
+    let health = Command::new(env!("CARGO_BIN_EXE_logferry"))
+        .args([
+            "healthcheck",
+            &format!("http://127.0.0.1:{api}/api/v1/health"),
+        ])
+        .output()
+        .unwrap();
+    assert!(health.status.success(), "{health:?}\n{}", agent.log_text());
+    let (_, metrics) = http_get(api, "/api/v1/metrics").unwrap();
+    let m: serde_json::Value = serde_json::from_str(&metrics).unwrap();
+    assert_eq!(m["output"]["null.0"]["proc_records"], 1, "the health check");
+    assert_eq!(m["input"]["forward.1"]["records"], 50, "{metrics}");
 }

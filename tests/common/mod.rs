@@ -2,6 +2,7 @@
 //! wait for conditions, read what outputs wrote, talk HTTP to the monitoring API.
 #![allow(dead_code)]
 
+pub mod cloudwatch;
 pub mod peers;
 
 use std::io::{Read, Write};
@@ -262,4 +263,13 @@ pub fn logs_under(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     walk(root, &mut out);
     out
+}
+
+/// The sum of a Prometheus series over outputs (0 while the agent's HTTP server is not up).
+pub fn metric(port: u16, name: &str) -> u64 {
+    let body = http_get(port, "/api/v2/metrics/prometheus").map_or(String::new(), |r| r.1);
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
