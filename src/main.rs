@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     if let Some(Command::Healthcheck { url, timeout }) = &cli.command {
         return match logferry::healthcheck::check(url, std::time::Duration::from_secs(*timeout)) {
             Ok(status) => {
-                println!("{status}");
+                println!("{url}: HTTP {status}");
                 ExitCode::SUCCESS
             }
             Err(why) => {
@@ -84,6 +84,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    // As the aws-for-fluent-bit init image does: ECS_CLUSTER, ECS_TASK_ID, … from the task
+    // metadata endpoint, for configs that reference them.
+    let ecs_env = logferry::cloud::ecs::export_init_env();
     let Some(config_path) = cli.config.clone() else {
         eprintln!("[error] no configuration file: pass -c/--config FILE");
         return ExitCode::from(1);
@@ -128,6 +131,13 @@ fn main() -> ExitCode {
     }
     for w in &doc.warnings {
         tracing::warn!("[env] {w}");
+    }
+    match ecs_env {
+        Ok(exported) if !exported.is_empty() => {
+            tracing::info!("ECS task metadata: exported {}", exported.join(", "))
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("ECS task metadata not read, ECS_* variables not exported: {e}"),
     }
     if cli.dry_run {
         println!("configuration test is successful");

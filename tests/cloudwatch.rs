@@ -175,21 +175,6 @@ fn record_accessor_templates_pick_group_and_stream_and_fall_back() {
     assert_eq!(fallback, vec![r#"{"log":"no metadata"}"#; 3]);
 }
 
-/// The task metadata endpoint v4 `/task` document, as the ECS agent serves it (trimmed).
-fn task_metadata(cluster: &str) -> String {
-    serde_json::json!({
-        "Cluster": cluster,
-        "TaskARN": format!("arn:aws:ecs:us-west-2:111111111111:task/{cluster}/158d1c8083dd49d6b527399fd6414f5c"),
-        "Family": "firelens-example-cloudwatch",
-        "Revision": "1",
-        "DesiredStatus": "RUNNING",
-        "KnownStatus": "RUNNING",
-        "LaunchType": "EC2",
-        "Containers": [{"Name": "log_router", "DockerId": "abc", "Image": "logferry"}]
-    })
-    .to_string()
-}
-
 #[test]
 fn go_plugin_templates_use_ecs_metadata_tags_and_defaults() {
     let p = Peers::get();

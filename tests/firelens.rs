@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::cloudwatch::{messages, moto, stream_names};
-use common::peers::{block_on, isolated_aws_env, run_python, Peers};
+use common::cloudwatch::{messages, moto, stream_names, task_metadata};
+use common::peers::{block_on, isolated_aws_env, run_python, CredentialEndpoint, Peers, Reply};
 use common::*;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -354,4 +354,58 @@ fn the_generated_config_ships_docker_driver_records_to_cloudwatch_logs_once() {
     let m: serde_json::Value = serde_json::from_str(&metrics).unwrap();
     assert_eq!(m["output"]["null.0"]["proc_records"], 1, "the health check");
     assert_eq!(m["input"]["forward.1"]["records"], 50, "{metrics}");
+}
+
+#[test]
+fn ecs_variables_come_from_the_task_metadata_endpoint_as_the_init_image_exports_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = task_metadata("meta-cluster");
+    let fixture = CredentialEndpoint::start(move |r| {
+        if r.path == "/v4/container-1/task" {
+            Reply::new(200, doc.clone())
+        } else {
+            Reply::new(404, "")
+        }
+    });
+    // aws-for-fluent-bit's ecs-metadata include, as users copy it into their configs.
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let conf = write_config(
+        dir.path(),
+        "fluent-bit.conf",
+        &format!(
+            "[INPUT]\n    Name dummy\n    Tag app\n    Samples 1\n    Dummy {{\"log\":\"hello\"}}\n[FILTER]\n    Name record_modifier\n    Match *\n    Record ecs_cluster ${{ECS_CLUSTER}}\n    Record ecs_task_arn ${{ECS_TASK_ARN}}\n    Record ecs_task_definition ${{ECS_TASK_DEFINITION}}\n    Record launch ${{ECS_LAUNCH_TYPE}}\n[OUTPUT]\n    Name file\n    Match *\n    Path {}\n    File out.log\n    Format json_lines\n",
+            out.display()
+        ),
+    );
+    let mut agent = Agent::start_custom(dir.path(), &conf, |c| {
+        c.env(
+            "ECS_CONTAINER_METADATA_URI_V4",
+            format!("{}/v4/container-1", fixture.url),
+        )
+        .env_remove("ECS_CLUSTER")
+        .env_remove("ECS_TASK_ARN")
+        .env_remove("ECS_TASK_DEFINITION")
+        // Set by the user: kept.
+        .env("ECS_LAUNCH_TYPE", "MINE");
+    });
+    let written = out.join("out.log");
+    wait_until(Duration::from_secs(30), "the record written", || {
+        count_lines(&written) == 1
+    });
+    agent.sigterm();
+    let status = agent.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{}", agent.log_text());
+    let record: serde_json::Value = serde_json::from_str(&lines(&written)[0]).unwrap();
+    assert_eq!(record["ecs_cluster"], "meta-cluster", "{record}");
+    assert_eq!(
+        record["ecs_task_arn"],
+        "arn:aws:ecs:us-west-2:111111111111:task/meta-cluster/158d1c8083dd49d6b527399fd6414f5c"
+    );
+    assert_eq!(
+        record["ecs_task_definition"],
+        "firelens-example-cloudwatch:1"
+    );
+    assert_eq!(record["launch"], "MINE");
+    assert!(agent.log_text().contains("ECS task metadata: exported"));
 }

@@ -2,4 +2,5 @@
 //! (only the source, role and what the service said).
 
 pub mod aws;
+pub mod ecs;
 pub mod local_http;

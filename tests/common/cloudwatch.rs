@@ -1,4 +1,4 @@
-//! Reading CloudWatch Logs back from a test peer (moto).
+//! Reading CloudWatch Logs back from a test peer (moto), and the ECS task metadata document.
 
 use aws_sdk_cloudwatchlogs::Client;
 
@@ -71,4 +71,19 @@ pub fn stream_names(client: &Client, group: &str) -> Vec<String> {
             })
             .unwrap_or_default()
     })
+}
+
+/// The task metadata endpoint v4 `/task` document, as the ECS agent serves it (trimmed).
+pub fn task_metadata(cluster: &str) -> String {
+    serde_json::json!({
+        "Cluster": cluster,
+        "TaskARN": format!("arn:aws:ecs:us-west-2:111111111111:task/{cluster}/158d1c8083dd49d6b527399fd6414f5c"),
+        "Family": "firelens-example-cloudwatch",
+        "Revision": "1",
+        "DesiredStatus": "RUNNING",
+        "KnownStatus": "RUNNING",
+        "LaunchType": "EC2",
+        "Containers": [{"Name": "log_router", "DockerId": "abc", "Image": "logferry"}]
+    })
+    .to_string()
 }

@@ -93,11 +93,9 @@ pub fn build(
         },
     };
     let ecs_endpoint = naming.needs_ecs().then(|| {
-        std::env::var("ECS_CONTAINER_METADATA_URI_V4")
-            .or_else(|_| std::env::var("ECS_CONTAINER_METADATA_URI"))
-            .map_err(|_| {
-                "ECS_CONTAINER_METADATA_URI_V4 is not set (not running in an ECS task?)".to_string()
-            })
+        crate::cloud::ecs::endpoint_from_env().ok_or_else(|| {
+            "ECS_CONTAINER_METADATA_URI_V4 is not set (not running in an ECS task?)".to_string()
+        })
     });
     let retention_days = match p.prop("log_retention_days") {
         None => None,

@@ -32,7 +32,6 @@ use aws_sdk_cloudwatchlogs::Client;
 use self::batch::Prepared;
 use self::naming::{NameContext, Naming};
 use self::send::{deliver, GroupSettings, Shared};
-use self::template::TaskMetadata;
 use super::{Backoff, Written};
 use crate::cloud::aws::AwsIdentity;
 use crate::engine::metrics::{HealthWindow, OutputMetrics};
@@ -168,35 +167,11 @@ impl CloudWatchOutput {
             ))
         };
         let base = endpoint.clone().map_err(fail)?;
-        let url = format!("{}/task", base.trim_end_matches('/'));
-        let (status, body) = crate::cloud::local_http::get(&url, &[], Duration::from_secs(5))
+        let meta = crate::cloud::ecs::task_metadata(&base)
             .await
-            .map_err(|e| fail(format!("GET {url}: {e}")))?;
-        if status != 200 {
-            return Err(fail(format!("GET {url}: HTTP {status}")));
-        }
-        #[derive(serde::Deserialize)]
-        struct Task {
-            #[serde(rename = "Cluster")]
-            cluster: String,
-            #[serde(rename = "TaskARN")]
-            task_arn: String,
-        }
-        let task: Task = serde_json::from_slice(&body)
-            .map_err(|e| fail(format!("GET {url}: unexpected document ({e})")))?;
-        let task_id = task
-            .task_arn
-            .rsplit('/')
-            .next()
-            .filter(|id| !id.is_empty() && task.task_arn.starts_with("arn:"))
-            .ok_or_else(|| fail(format!("GET {url}: '{}' is not a task ARN", task.task_arn)))?
-            .to_string();
-        tracing::info!(output = %self.instance, cluster = %task.cluster, task_id = %task_id, "ECS task metadata read");
-        self.names.ecs = Some(TaskMetadata {
-            cluster: task.cluster,
-            task_arn: task.task_arn,
-            task_id,
-        });
+            .map_err(fail)?;
+        tracing::info!(output = %self.instance, cluster = %meta.cluster, task_id = %meta.task_id, "ECS task metadata read");
+        self.names.ecs = Some(meta);
         Ok(())
     }
 

@@ -6,15 +6,8 @@
 //! Rendering returns `None` when a variable does not resolve (a missing key, a Go tag index past
 //! the tag's parts); the caller then falls back to the configured default name, as both plugins do.
 
+pub use crate::cloud::ecs::TaskMetadata;
 use crate::record::{Map, Value};
-
-/// ECS task metadata (task metadata endpoint v4 `/task`), for the Go plugin's `$(ecs_*)`.
-#[derive(Debug, Clone, Default)]
-pub struct TaskMetadata {
-    pub cluster: String,
-    pub task_arn: String,
-    pub task_id: String,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 enum Part {
@@ -260,6 +253,7 @@ mod tests {
             cluster: "prod-cluster".into(),
             task_arn: "arn:aws:ecs:us-west-2:111111111111:task/prod-cluster/abc123".into(),
             task_id: "abc123".into(),
+            ..Default::default()
         };
         let mut out = String::new();
         t.render(&mut out, tag, &record(), "UUID", Some(&meta))
