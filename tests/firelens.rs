@@ -328,7 +328,7 @@ fn the_generated_config_ships_docker_driver_records_to_cloudwatch_logs_once() {
         assert!(seen.insert(log.clone()), "{log} arrived twice");
     }
     assert_eq!(seen.len(), kept, "every kept line once");
-    assert_eq!(stream_names(&client, &group), [stream.clone()]);
+    assert_eq!(stream_names(&client, &group), [stream]);
     let retention = block_on(async {
         client
             .describe_log_groups()
