@@ -149,6 +149,18 @@ fn input_records(api_port: u16) -> Option<u64> {
         .sum()
 }
 
+/// `VmHWM` of a running process, in KiB.
+fn peak_rss_kib(pid: u32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
@@ -426,7 +438,8 @@ fn main() {
                 let fb = agent == "fluent-bit";
                 counts = Some(endpoint::start(cw_port, fb));
                 let endpoint = if fb {
-                    format!("    endpoint 127.0.0.1\n    Port {cw_port}\n    tls On\n    tls.verify Off")
+                    // Fluent Bit's cloudwatch_logs always speaks TLS (it refuses `tls On`).
+                    format!("    endpoint 127.0.0.1\n    Port {cw_port}\n    tls.verify Off")
                 } else {
                     format!("    endpoint http://127.0.0.1:{cw_port}")
                 };
@@ -459,11 +472,15 @@ fn main() {
             };
             wait_for(Duration::from_secs(600), || delivered(&counts) >= records);
             let got = delivered(&counts);
+            // Peak RSS of the agent's own image: `wait4`'s ru_maxrss would include the pages
+            // the child shared with this (large) harness process before exec.
+            let peak_kib = peak_rss_kib(child.id());
             let busy = sending.elapsed().as_secs_f64();
             unsafe {
                 libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
             }
             let mut r = wait_rusage(child);
+            r.max_rss_kib = peak_kib;
             r.ok &= got == records;
             let invalid = counts
                 .as_ref()

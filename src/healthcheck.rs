@@ -1,6 +1,6 @@
 //! `logferry healthcheck [URL]`: one HTTP GET against logferry's own monitoring API, exiting 0 on
 //! a 2xx answer and 1 otherwise, so a container health check (ECS FireLens, Kubernetes exec
-//! probes) needs no `curl` in the image. The request is [`crate::cloud::local_http::get`].
+//! probes) needs no `curl` in the image. The request is [`crate::cloud::local_http::get_blocking`].
 
 use std::time::Duration;
 
@@ -11,21 +11,8 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:2020/api/v1/uptime";
 
 /// GETs `url`; Ok(status) on 2xx, Err(why) on anything else, naming the URL.
 pub fn check(url: &str, timeout: Duration) -> Result<u16, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    let (status, body) = runtime
-        .block_on(crate::cloud::local_http::get(url, &[], timeout))
-        .map_err(|e| {
-            let why = e.to_string();
-            // Connection errors do not name the URL; the others already do.
-            if why.contains(url) {
-                why
-            } else {
-                format!("{url}: {why} (is logferry running with HTTP_Server On?)")
-            }
-        })?;
+    let (status, body) = crate::cloud::local_http::get_blocking(url, &[], timeout)
+        .map_err(|e| format!("{url}: {e} (is logferry running with HTTP_Server On?)"))?;
     if (200..300).contains(&status) {
         Ok(status)
     } else {

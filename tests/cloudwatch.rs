@@ -525,7 +525,7 @@ fn endpoint_outage_loses_nothing_and_sends_nothing_twice() {
         d,
         "fluent-bit.conf",
         &format!(
-            "{}{}[OUTPUT]\n    Name cloudwatch_logs\n    Match *\n    region us-east-1\n    endpoint http://127.0.0.1:{}\n    log_group_name {group}\n    log_stream_name s\n    log_key log\n    auto_create_group On\n    Retry_Limit no_limits\n    workers 2\n",
+            "{}{}[OUTPUT]\n    Name cloudwatch_logs\n    Match *\n    region us-east-1\n    endpoint http://127.0.0.1:{}\n    log_group_name {group}\n    log_stream_name s\n    log_key log\n    auto_create_group On\n    workers 2\n",
             service(d, port),
             tail_input(d, "app"),
             switch.port

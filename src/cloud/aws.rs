@@ -10,6 +10,7 @@ use aws_config::sts::AssumeRoleProvider;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 
+use super::local_http::PrivateUrl;
 use crate::config::{ConfigError, Props};
 
 /// Fluent Bit's AWS options (`region`, `profile`, `role_arn`, `external_id`, `sts_endpoint`).
@@ -22,7 +23,7 @@ pub struct AwsIdentity {
     pub sts_endpoint: Option<String>,
     /// An `http://` endpoint serving container credentials (ECS task role JSON) used as the
     /// base credentials instead of the default chain.
-    pub credentials_endpoint: Option<String>,
+    pub credentials_endpoint: Option<PrivateUrl>,
 }
 
 impl AwsIdentity {
@@ -96,7 +97,7 @@ impl AwsIdentity {
         // The path of a credentials URL (ECS: `/v2/credentials/<id>`) fetches credentials:
         // only its host is named.
         let base = match &self.credentials_endpoint {
-            Some(url) => format!("credentials_endpoint {}", url_host(url)),
+            Some(url) => format!("credentials_endpoint {url}"),
             None => "the default credential chain".to_string(),
         };
         match &self.role_arn {
@@ -128,18 +129,12 @@ pub fn with_scheme(endpoint: &str) -> String {
     }
 }
 
-/// `http://host:port/path` → `host:port`: a credentials URL's path is a capability.
-fn url_host(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.split('/').next().unwrap_or_default()
-}
-
 /// Credentials from a container-credentials endpoint (the JSON the ECS agent serves:
 /// `AccessKeyId`, `SecretAccessKey`, `Token`, `Expiration`), with the agent's authorization
 /// token (`AWS_CONTAINER_AUTHORIZATION_TOKEN`) when set. The SDK caches them until expiry.
 #[derive(Debug)]
 struct EndpointCredentials {
-    url: String,
+    url: PrivateUrl,
 }
 
 impl EndpointCredentials {
@@ -152,19 +147,19 @@ impl EndpointCredentials {
             .into_iter()
             .collect();
         let (status, body) =
-            super::local_http::get(&self.url, &headers, std::time::Duration::from_secs(5))
+            super::local_http::get(&self.url.0, &headers, std::time::Duration::from_secs(5))
                 .await
                 .map_err(|e| {
                     CredentialsError::provider_error(format!(
                         "credentials_endpoint {}: {}",
-                        url_host(&self.url),
+                        self.url,
                         e.kind()
                     ))
                 })?;
         if status != 200 {
             return Err(CredentialsError::provider_error(format!(
                 "credentials_endpoint {} answered HTTP {status}",
-                url_host(&self.url)
+                self.url
             )));
         }
         #[derive(serde::Deserialize)]
@@ -178,7 +173,7 @@ impl EndpointCredentials {
         let served: Served = serde_json::from_slice(&body).map_err(|e| {
             CredentialsError::provider_error(format!(
                 "credentials_endpoint {}: unexpected answer ({e})",
-                url_host(&self.url)
+                self.url
             ))
         })?;
         let expiry = served

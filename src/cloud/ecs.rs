@@ -25,12 +25,29 @@ pub fn endpoint_from_env() -> Option<String> {
         .filter(|e| !e.is_empty())
 }
 
+/// `<endpoint>/task`.
+fn task_url(endpoint: &str) -> String {
+    format!("{}/task", endpoint.trim_end_matches('/'))
+}
+
 /// GETs `<endpoint>/task`; errors name the URL and what was wrong.
 pub async fn task_metadata(endpoint: &str) -> Result<TaskMetadata, String> {
-    let url = format!("{}/task", endpoint.trim_end_matches('/'));
-    let (status, body) = super::local_http::get(&url, &[], Duration::from_secs(5))
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+    let url = task_url(endpoint);
+    let answer = super::local_http::get(&url, &[], TIMEOUT).await;
+    parse(&url, answer)
+}
+
+/// [`task_metadata`] outside a runtime (at start, before the engine's runtime exists).
+pub fn task_metadata_blocking(endpoint: &str) -> Result<TaskMetadata, String> {
+    let url = task_url(endpoint);
+    let answer = super::local_http::get_blocking(&url, &[], TIMEOUT);
+    parse(&url, answer)
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn parse(url: &str, answer: std::io::Result<(u16, Vec<u8>)>) -> Result<TaskMetadata, String> {
+    let (status, body) = answer.map_err(|e| format!("GET {url}: {e}"))?;
     if status != 200 {
         return Err(format!("GET {url}: HTTP {status}"));
     }
@@ -99,11 +116,7 @@ pub fn export_init_env() -> Result<Vec<&'static str>, String> {
     let Some(endpoint) = endpoint_from_env() else {
         return Ok(Vec::new());
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let meta = runtime.block_on(task_metadata(&endpoint))?;
+    let meta = task_metadata_blocking(&endpoint)?;
     let mut exported = Vec::new();
     for (name, value) in init_env(&meta) {
         if std::env::var_os(name).is_none() {

@@ -12,7 +12,38 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Bodies larger than this are refused (metadata documents are a few KB).
 const MAX_RESPONSE: u64 = 1 << 20;
 
-/// GETs `url` (`http://host[:port]/path`); returns the status and body.
+/// A URL whose path is a capability (a container credentials endpoint's `/v2/credentials/<id>`):
+/// `Debug` and `Display` show its scheme and host only.
+#[derive(Clone, PartialEq)]
+pub struct PrivateUrl(pub String);
+
+impl std::fmt::Display for PrivateUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rest = self.0.split_once("://").map_or(self.0.as_str(), |(_, r)| r);
+        write!(f, "{}", rest.split('/').next().unwrap_or_default())
+    }
+}
+
+impl std::fmt::Debug for PrivateUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrivateUrl({self})")
+    }
+}
+
+/// Runs [`get`] on a runtime of its own, for callers outside one (`main`, `healthcheck`).
+pub fn get_blocking(
+    url: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> io::Result<(u16, Vec<u8>)> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(get(url, headers, timeout))
+}
+
+/// GETs `url` (`http://host[:port]/path`); returns the status and body. Errors name the host
+/// and port only (a path may be a capability): callers add the URL where it is not secret.
 pub async fn get(
     url: &str,
     headers: &[(&str, &str)],
@@ -55,7 +86,7 @@ pub async fn get(
         .map_err(|_| {
             io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("{url}: no answer within {timeout:?}"),
+                format!("{authority}: no answer within {timeout:?}"),
             )
         })??;
     let split = response
@@ -64,7 +95,7 @@ pub async fn get(
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{url}: incomplete HTTP response"),
+                format!("{authority}: incomplete HTTP response"),
             )
         })?;
     let head = String::from_utf8_lossy(&response[..split]);
@@ -73,7 +104,10 @@ pub async fn get(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{url}: no HTTP status"))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{authority}: no HTTP status"),
+            )
         })?;
     if head
         .to_ascii_lowercase()
@@ -81,7 +115,7 @@ pub async fn get(
     {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{url}: chunked response to an HTTP/1.0 request"),
+            format!("{authority}: chunked response to an HTTP/1.0 request"),
         ));
     }
     Ok((status, response[split + 4..].to_vec()))

@@ -321,6 +321,26 @@ impl<'a> Props<'a> {
         }
     }
 
+    /// A TCP port number.
+    pub fn port(&self, key: &str, default: u16) -> Result<u16, ConfigError> {
+        match self.prop(key) {
+            None => Ok(default),
+            Some(p) => p
+                .value
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::key(p, format!("'{}' is not a port number", p.value))),
+        }
+    }
+
+    /// Errors on the first of `keys` that is set: options logferry knows but does not implement.
+    pub fn refuse(&self, keys: &[&str], why: &str) -> Result<(), ConfigError> {
+        match keys.iter().find_map(|k| self.prop(k)) {
+            Some(prop) => Err(ConfigError::key(prop, why)),
+            None => Ok(()),
+        }
+    }
+
     /// Errors on the first key no getter asked for.
     pub fn finish(self, plugin: &str) -> Result<(), ConfigError> {
         let used = self.used.borrow();

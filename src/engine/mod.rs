@@ -180,15 +180,7 @@ impl ServiceConfig {
                 "expected off, error, warn, info, debug or trace",
             ));
         }
-        let port_prop = p.prop("http_port");
-        let http_port = match port_prop {
-            Some(pp) => pp
-                .value
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError::key(pp, "not a port number"))?,
-            None => 2020,
-        };
+        let http_port = p.port("http_port", 2020)?;
         let cfg = ServiceConfig {
             flush: p.duration("flush", Duration::from_secs(1))?,
             grace,
@@ -292,7 +284,7 @@ impl Pipeline {
                 }
             };
             let alias = p.str("alias").map(str::to_string);
-            let retry_limit = outputs::parse_retry_limit(&p, 1)?;
+            let retry_limit = outputs::parse_retry_limit(&p, outputs::default_retry_limit(&name))?;
             let instance = alias.clone().unwrap_or_else(|| format!("{name}.{index}"));
             let plugin = OutputPlugin::build(&name, &instance, &p, &service)?;
             if name != "forward" {
@@ -323,8 +315,10 @@ impl Pipeline {
                     plugin,
                     metrics,
                     health: health.clone(),
-                    retry_limit,
-                    backoff: service.backoff,
+                    retry: outputs::RetryPolicy {
+                        limit: retry_limit,
+                        backoff: service.backoff,
+                    },
                 },
                 rx,
             ));

@@ -253,7 +253,7 @@ mod tests {
             client.check_pong(&p, b"secret"),
             Ok("aggregator".to_string())
         );
-        // A server that does not know the key cannot forge the PONG.
+        // A PONG made with another key than the client's is refused by the client.
         let (pong, _) = ServerHandshake {
             nonce: server.nonce,
             auth_salt: [0; 16],

@@ -10,3 +10,10 @@
 pub mod handshake;
 pub mod protocol;
 pub mod tls;
+
+/// The Forward protocol's well-known port, the default of both plugins.
+pub const DEFAULT_PORT: u16 = 24224;
+
+/// Why the user/password options of Fluent Bit's forward plugins are refused.
+pub const NO_USER_AUTH: &str =
+    "not supported: use Shared_Key (user/password authentication is not implemented)";

@@ -161,14 +161,7 @@ impl Tcp {
                 _ => return Err(ConfigError::key(f, "expected json or none")),
             },
         };
-        let port = match p.prop("port") {
-            Some(pp) => pp
-                .value
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError::key(pp, "not a port number"))?,
-            None => 5170,
-        };
+        let port = p.port("port", 5170)?;
         let separator = p
             .string_or("separator", "\\n")
             .replace("\\n", "\n")

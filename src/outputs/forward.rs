@@ -71,27 +71,16 @@ pub struct ForwardOut {
 
 /// The node-level options shared by the output section and upstream `[NODE]`s.
 fn node_from_props(p: &Props, name: String, defaults: Option<&Node>) -> Result<Node, ConfigError> {
-    for unsupported in ["username", "password", "empty_shared_key"] {
-        if let Some(prop) = p.prop(unsupported) {
-            return Err(ConfigError::key(
-                prop,
-                "not supported: use Shared_Key (user/password authentication is not implemented)",
-            ));
-        }
-    }
+    p.refuse(
+        &["username", "password", "empty_shared_key"],
+        crate::forward::NO_USER_AUTH,
+    )?;
     let host = p
         .str("host")
         .map(str::to_string)
         .or_else(|| defaults.map(|d| d.host.clone()))
         .unwrap_or_else(|| "127.0.0.1".to_string());
-    let port = match p.prop("port") {
-        Some(pp) => pp
-            .value
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::key(pp, "not a port number"))?,
-        None => 24224,
-    };
+    let port = p.port("port", crate::forward::DEFAULT_PORT)?;
     let tls_on = match p.prop("tls") {
         Some(_) => p.bool("tls", false)?,
         None => defaults.is_some_and(|d| d.tls.is_some()),
@@ -343,11 +332,16 @@ fn broken(what: impl Into<String>) -> std::io::Error {
 
 impl Node {
     /// Sends one message and waits for its ack; on a reused connection that turns out broken
-    /// (the peer restarted since), reconnects once.
+    /// (the peer restarted since), reconnects once. An ack that did not come in time is not a
+    /// broken connection: the message may have been taken, so it is not sent again here.
     async fn send(&mut self, frame: &[u8], chunk: Option<&str>) -> std::io::Result<()> {
         let reused = self.conn.is_some();
         match self.send_once(frame, chunk).await {
-            Err(e) if reused && e.kind() != std::io::ErrorKind::PermissionDenied => {
+            Err(e)
+                if reused
+                    && e.kind() != std::io::ErrorKind::PermissionDenied
+                    && e.kind() != std::io::ErrorKind::TimedOut =>
+            {
                 tracing::debug!(node = %self.name, "reconnecting after: {e}");
                 self.send_once(frame, chunk).await
             }
@@ -369,7 +363,12 @@ impl Node {
             if let Some(chunk) = chunk {
                 tokio::time::timeout(ACK_TIMEOUT, conn.wait_ack(chunk.as_bytes()))
                     .await
-                    .map_err(|_| broken(format!("no ack within {}s", ACK_TIMEOUT.as_secs())))??;
+                    .map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no ack within {}s", ACK_TIMEOUT.as_secs()),
+                        )
+                    })??;
             }
             Ok(())
         }

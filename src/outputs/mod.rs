@@ -143,11 +143,24 @@ impl OutputPlugin {
     }
 }
 
+/// `Retry_Limit` when a section does not set it. Fluent Bit's is 1 for every output; logferry
+/// keeps that for local outputs, but the network outputs (`forward`, `cloudwatch_logs`,
+/// `cloudwatch`) retry until delivered by default: their records were acknowledged to nobody
+/// yet, and dropping them after one retry would lose them on any outage longer than a few
+/// seconds. An explicit `Retry_Limit` is honoured (counted, logged drops).
+pub fn default_retry_limit(plugin: &str) -> Option<u32> {
+    match plugin {
+        "forward" | "cloudwatch_logs" | "cloudwatch" => None,
+        _ => Some(1),
+    }
+}
+
 /// `Retry_Limit`: a count, `no_limits`/`false`/`off` (unlimited) or `no_retries` (0).
-/// `default` applies when the key is absent (the engine's 1; `s3` uses 5, as Fluent Bit does).
-pub fn parse_retry_limit(p: &Props, default: u32) -> Result<Option<u32>, ConfigError> {
+/// `default` applies when the key is absent ([`default_retry_limit`]; `s3` uses 5, as Fluent
+/// Bit does).
+pub fn parse_retry_limit(p: &Props, default: Option<u32>) -> Result<Option<u32>, ConfigError> {
     let Some(prop) = p.prop("retry_limit") else {
-        return Ok(Some(default));
+        return Ok(default);
     };
     match prop.value.to_ascii_lowercase().as_str() {
         "no_limits" | "false" | "off" => Ok(None),
@@ -169,6 +182,23 @@ pub struct Backoff {
     pub cap: u64,
 }
 
+/// When a failed attempt is tried again: `Retry_Limit` and the backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub limit: Option<u32>,
+    pub backoff: Backoff,
+}
+
+impl RetryPolicy {
+    /// The wait before trying again after failed attempt number `attempt` (0-based), or None
+    /// when `Retry_Limit` is reached.
+    pub fn after_failure(&self, attempt: u32) -> Option<Duration> {
+        self.limit
+            .is_none_or(|limit| attempt < limit)
+            .then(|| self.backoff.delay(attempt))
+    }
+}
+
 impl Backoff {
     /// Full jitter: random in [base, min(cap, base·2^attempt)] seconds.
     pub fn delay(&self, attempt: u32) -> Duration {
@@ -185,8 +215,7 @@ pub struct OutputRunner {
     pub plugin: OutputPlugin,
     pub metrics: Arc<OutputMetrics>,
     pub health: Arc<HealthWindow>,
-    pub retry_limit: Option<u32>,
-    pub backoff: Backoff,
+    pub retry: RetryPolicy,
 }
 
 /// Upper bound on the source bytes one write gathers from the queue.
@@ -246,8 +275,11 @@ impl OutputRunner {
                             let given_up = written.given_up(i);
                             let n = d.batch.events.len();
                             self.metrics.proc_records.add((n - given_up) as u64);
+                            // Bytes in proportion to the records taken.
+                            self.metrics
+                                .proc_bytes
+                                .add(d.batch.raw_bytes * (n - given_up) as u64 / n.max(1) as u64);
                             if given_up == 0 {
-                                self.metrics.proc_bytes.add(d.batch.raw_bytes);
                                 d.claim.delivered();
                             } else {
                                 self.metrics.dropped_records.add(given_up as u64);
@@ -259,10 +291,12 @@ impl OutputRunner {
                     Err(e) => {
                         self.metrics.errors.add(1);
                         self.health.error();
-                        let retry = self.plugin.never_drops()
-                            || self.retry_limit.is_none_or(|limit| attempt < limit);
-                        if retry {
-                            let wait = self.backoff.delay(attempt);
+                        let retry = if self.plugin.never_drops() {
+                            Some(self.retry.backoff.delay(attempt))
+                        } else {
+                            self.retry.after_failure(attempt)
+                        };
+                        if let Some(wait) = retry {
                             attempt += 1;
                             self.metrics.retries.add(1);
                             self.metrics.retried_records.add(records as u64);

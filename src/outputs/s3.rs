@@ -93,7 +93,7 @@ pub fn build(
     };
     // Unlimited: uploads are retried until they succeed either way; the limit only decides
     // when a chunk counts as a retry failure.
-    let retry_limit = super::parse_retry_limit(p, 5)?.unwrap_or(u32::MAX - 1);
+    let retry_limit = super::parse_retry_limit(p, Some(5))?.unwrap_or(u32::MAX - 1);
     let settings = UploadSettings {
         key: KeyFormat {
             format: key_format,

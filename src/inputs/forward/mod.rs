@@ -83,6 +83,9 @@ struct Batch {
     shares: Vec<Share>,
 }
 
+/// Records one batch of consecutive same-tag messages holds at most.
+const RUN_MAX_EVENTS: usize = 4096;
+
 /// How long a TLS or secure-forward handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// At stop, how long the input waits for its connections to hand over what they decoded.
@@ -110,26 +113,15 @@ impl Forward {
             }
             None => Listen::Tcp {
                 host: p.string_or("listen", "0.0.0.0"),
-                port: match p.prop("port") {
-                    Some(pp) => pp
-                        .value
-                        .trim()
-                        .parse()
-                        .map_err(|_| ConfigError::key(pp, "not a port number"))?,
-                    None => 24224,
-                },
+                port: p.port("port", crate::forward::DEFAULT_PORT)?,
             },
         };
         let chunk_size = p.size("buffer_chunk_size", 1_024_000)?.max(1024) as usize;
         let max_size = p.size("buffer_max_size", 6_144_000)?.max(chunk_size as u64) as usize;
-        for unsupported in ["security.users", "empty_shared_key"] {
-            if let Some(prop) = p.prop(unsupported) {
-                return Err(ConfigError::key(
-                    prop,
-                    "not supported: use Shared_Key (user/password authentication is not implemented)",
-                ));
-            }
-        }
+        p.refuse(
+            &["security.users", "empty_shared_key"],
+            crate::forward::NO_USER_AUTH,
+        )?;
         let shared_key = p.str("shared_key").map(str::to_string);
         let self_hostname = p.string_or("self_hostname", "localhost");
         let tls = if p.bool("tls", false)? {
@@ -519,10 +511,14 @@ impl<R: AsyncRead + Unpin> Connection<'_, R> {
     }
 
     /// Hands every complete frame in the buffer to the dispatcher; keeps an incomplete tail.
+    /// Consecutive messages with one tag travel as one batch (Docker's driver sends a message
+    /// per line: a dispatch per line would cost more than decoding it), each keeping its ack.
     async fn decode_buffer(&mut self) -> Result<(), String> {
         let data = self.buf.split().freeze();
         let mut at = 0;
-        let result = loop {
+        // The batch being gathered, with the incoming tag its messages share.
+        let mut run: Option<(Bytes, Batch)> = None;
+        let mut result = loop {
             let (message, len) = match next_value(&data[at..]) {
                 Ok(Some((v, len))) => {
                     let inflate_limit = self.server.max_size.saturating_mul(16);
@@ -540,13 +536,42 @@ impl<R: AsyncRead + Unpin> Connection<'_, R> {
                 .chunk
                 .as_ref()
                 .map(|c| Ack::new(encode_ack(c), self.writer.clone()));
-            if let Err(e) = self
-                .emit(message.tag, message.events, len as u64, ack)
-                .await
-            {
-                break Err(e);
+            if self.joiner.is_some() {
+                if let Err(e) = self
+                    .emit(message.tag, message.events, len as u64, ack)
+                    .await
+                {
+                    break Err(e);
+                }
+                continue;
+            }
+            match &mut run {
+                Some((incoming, r))
+                    if *incoming == message.tag && r.events.len() < RUN_MAX_EVENTS =>
+                {
+                    r.events.extend(message.events);
+                    r.raw_bytes += len as u64;
+                    r.shares.extend(ack.iter().map(Ack::share));
+                }
+                _ => {
+                    let next = Batch {
+                        tag: self.server.route_tag(&message.tag),
+                        events: message.events,
+                        raw_bytes: len as u64,
+                        shares: ack.iter().map(Ack::share).collect(),
+                    };
+                    if let Some((_, done)) = run.replace((message.tag, next)) {
+                        if let Err(e) = self.send_batch(done).await {
+                            break Err(e);
+                        }
+                    }
+                }
             }
         };
+        // Messages decoded before a bad frame are kept.
+        if let Some((_, done)) = run {
+            result = result.and(self.send_batch(done).await);
+        }
         self.failed_at = data.len() - at;
         self.buf.extend_from_slice(&data[at..]);
         result
@@ -588,12 +613,16 @@ impl<R: AsyncRead + Unpin> Connection<'_, R> {
         raw_bytes: u64,
         shares: Vec<Share>,
     ) -> Result<(), String> {
-        let batch = Batch {
+        self.send_batch(Batch {
             tag: self.server.route_tag(tag),
             events,
             raw_bytes,
             shares,
-        };
+        })
+        .await
+    }
+
+    async fn send_batch(&self, batch: Batch) -> Result<(), String> {
         self.tx
             .send(batch)
             .await

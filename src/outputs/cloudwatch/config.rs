@@ -143,7 +143,8 @@ pub fn build(
                     "credentials_endpoint must be an http:// URL (the ECS or EKS agent's endpoint)",
                 ));
             }
-            identity.credentials_endpoint = Some(prop.value.clone());
+            identity.credentials_endpoint =
+                Some(crate::cloud::local_http::PrivateUrl(prop.value.clone()));
         }
     }
     // Sent as the SDK's app name (`app/<name>` in the user agent), which allows letters, digits
@@ -207,8 +208,13 @@ pub fn build(
         extra_user_agent,
         log_format,
         in_flight,
-        retry_limit: crate::outputs::parse_retry_limit(p, 1)?,
-        backoff,
+        retry: crate::outputs::RetryPolicy {
+            limit: crate::outputs::parse_retry_limit(
+                p,
+                crate::outputs::default_retry_limit("cloudwatch_logs"),
+            )?,
+            backoff,
+        },
         ecs_endpoint,
         groups: Some(GroupSettings {
             auto_create_group: p.bool("auto_create_group", false)?,

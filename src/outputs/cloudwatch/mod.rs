@@ -32,7 +32,7 @@ use aws_sdk_cloudwatchlogs::Client;
 use self::batch::Prepared;
 use self::naming::{NameContext, Naming};
 use self::send::{deliver, GroupSettings, Shared};
-use super::{Backoff, Written};
+use super::Written;
 use crate::cloud::aws::AwsIdentity;
 use crate::engine::metrics::{HealthWindow, OutputMetrics};
 use crate::record::{Event, Map, Value};
@@ -92,8 +92,7 @@ pub struct CloudWatchOutput {
     extra_user_agent: Option<aws_config::AppName>,
     log_format: Option<String>,
     in_flight: usize,
-    retry_limit: Option<u32>,
-    backoff: Backoff,
+    retry: crate::outputs::RetryPolicy,
     /// `ECS_CONTAINER_METADATA_URI_V4` (or the v3 variable the Go plugin reads) when a template
     /// uses `$(ecs_*)`.
     ecs_endpoint: Option<Result<String, String>>,
@@ -141,8 +140,7 @@ impl CloudWatchOutput {
             identity: self.identity.describe(),
             groups: self.groups.take().expect("start runs once"),
             log_format: self.log_format.clone(),
-            retry_limit: self.retry_limit,
-            backoff: self.backoff,
+            retry: self.retry,
             metrics,
             health,
         }));

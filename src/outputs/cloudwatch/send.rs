@@ -12,7 +12,6 @@ use aws_sdk_cloudwatchlogs::Client;
 
 use super::batch::Prepared;
 use crate::engine::metrics::{HealthWindow, OutputMetrics};
-use crate::outputs::Backoff;
 
 /// Group creation and the settings requests share.
 #[derive(Debug)]
@@ -31,8 +30,7 @@ pub(super) struct Shared {
     pub(super) identity: String,
     pub(super) groups: GroupSettings,
     pub(super) log_format: Option<String>,
-    pub(super) retry_limit: Option<u32>,
-    pub(super) backoff: Backoff,
+    pub(super) retry: crate::outputs::RetryPolicy,
     pub(super) metrics: Arc<OutputMetrics>,
     pub(super) health: Arc<HealthWindow>,
 }
@@ -228,13 +226,12 @@ pub(super) async fn deliver(
                 tracing::warn!(output = %output, group = %group, stream = %stream, attempt, "PutLogEvents failed: the group or stream is missing");
             }
         }
-        if shared.retry_limit.is_some_and(|limit| attempt >= limit) {
+        let Some(wait) = shared.retry.after_failure(attempt) else {
             m.retries_failed.add(1);
             shared.health.retry_failure();
             tracing::error!(output = %output, group = %group, stream = %stream, "[engine] {count} records cannot be retried (Retry_Limit reached): dropped");
             return origins;
-        }
-        let wait = shared.backoff.delay(attempt);
+        };
         attempt += 1;
         m.retries.add(1);
         m.retried_records.add(count as u64);
