@@ -30,8 +30,14 @@ fn task_url(endpoint: &str) -> String {
     format!("{}/task", endpoint.trim_end_matches('/'))
 }
 
-/// GETs `<endpoint>/task`; errors name the URL and what was wrong.
+/// What was read at start (the metadata of a task does not change while it runs).
+static READ_AT_START: std::sync::OnceLock<TaskMetadata> = std::sync::OnceLock::new();
+
+/// GETs `<endpoint>/task` unless it was read at start; errors name the URL and what was wrong.
 pub async fn task_metadata(endpoint: &str) -> Result<TaskMetadata, String> {
+    if let Some(meta) = READ_AT_START.get() {
+        return Ok(meta.clone());
+    }
     let url = task_url(endpoint);
     let answer = super::local_http::get(&url, &[], TIMEOUT).await;
     parse(&url, answer)
@@ -117,6 +123,7 @@ pub fn export_init_env() -> Result<Vec<&'static str>, String> {
         return Ok(Vec::new());
     };
     let meta = task_metadata_blocking(&endpoint)?;
+    let meta = READ_AT_START.get_or_init(|| meta);
     let mut exported = Vec::new();
     for (name, value) in init_env(&meta) {
         if std::env::var_os(name).is_none() {
