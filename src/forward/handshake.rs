@@ -140,7 +140,7 @@ impl ServerHandshake {
         let salt = bytes(&items[2]).ok_or("PING shared_key_salt is not a string")?;
         let got = bytes(&items[3]).ok_or("PING digest is not a string")?;
         let want = digest(salt, host, &self.nonce, shared_key);
-        if got != want.as_bytes() {
+        if !same_digest(got, want.as_bytes()) {
             return Err("shared_key mismatch".to_string());
         }
         Ok((salt.to_vec(), String::from_utf8_lossy(host).into_owned()))
@@ -209,11 +209,20 @@ impl ClientHandshake {
         }
         let host = bytes(&items[3]).ok_or("PONG hostname is not a string")?;
         let got = bytes(&items[4]).ok_or("PONG digest is not a string")?;
-        if got != digest(&self.salt, host, &self.nonce, shared_key).as_bytes() {
+        if !same_digest(
+            got,
+            digest(&self.salt, host, &self.nonce, shared_key).as_bytes(),
+        ) {
             return Err("the server's PONG digest does not match our shared_key".to_string());
         }
         Ok(String::from_utf8_lossy(host).into_owned())
     }
+}
+
+/// Compares two digests in time independent of where they differ (a peer probing the key
+/// learns nothing from how fast a wrong digest is refused).
+fn same_digest(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -56,6 +56,10 @@ pub struct EventMessage {
     pub events: Vec<Event>,
     /// `option.chunk`: the client waits for `{"ack": chunk}`.
     pub chunk: Option<Bytes>,
+    /// The bytes the events were decoded from once decompressed (a CompressedPackedForward
+    /// payload inflated; 0 for the other modes, whose size is the frame's): what the records
+    /// cost in memory is charged from this, not from the compressed frame.
+    pub inflated_bytes: usize,
 }
 
 /// Decodes a top-level frame (already cut by [`next_value`]) of any of the four modes.
@@ -80,6 +84,7 @@ pub fn decode_message(
         other => return err(format!("the tag must be a string, got {}", kind(other))),
     };
     let mut events = Vec::new();
+    let mut inflated_bytes = 0;
     let option_at = match &items[1] {
         // Forward mode.
         ValueRef::Array(entries) => {
@@ -91,11 +96,11 @@ pub fn decode_message(
         }
         // PackedForward / CompressedPackedForward.
         ValueRef::Binary(b) => {
-            packed(items.get(2), frame.slice_ref(b), inflate_limit, &mut events)?;
+            inflated_bytes = packed(items.get(2), frame.slice_ref(b), inflate_limit, &mut events)?;
             2
         }
         ValueRef::String(s) => {
-            packed(
+            inflated_bytes = packed(
                 items.get(2),
                 frame.slice_ref(s.as_bytes()),
                 inflate_limit,
@@ -139,7 +144,12 @@ pub fn decode_message(
     if items.len() > option_at + 1 {
         return err("extra elements after the option");
     }
-    Ok(EventMessage { tag, events, chunk })
+    Ok(EventMessage {
+        tag,
+        events,
+        chunk,
+        inflated_bytes,
+    })
 }
 
 fn lookup<'v, 'a>(map: &'v [(ValueRef<'a>, ValueRef<'a>)], key: &str) -> Option<&'v ValueRef<'a>> {
@@ -154,7 +164,7 @@ fn packed(
     payload: Bytes,
     inflate_limit: usize,
     out: &mut Vec<Event>,
-) -> Result<(), DecodeError> {
+) -> Result<usize, DecodeError> {
     let compressed = match option {
         Some(ValueRef::Map(m)) => match lookup(m, "compressed") {
             Some(ValueRef::String(s)) => Some(s.as_bytes().to_ascii_lowercase()),
@@ -169,7 +179,7 @@ fn packed(
         _ => None,
     };
     let payload = match compressed.as_deref() {
-        None | Some(b"text") => payload,
+        None | Some(b"text") => return entries(payload, out).map(|()| 0),
         Some(b"gzip") => inflate(
             flate2::read::MultiGzDecoder::new(&payload[..]),
             "gzip",
@@ -188,6 +198,12 @@ fn packed(
             ))
         }
     };
+    entries(payload.clone(), out)?;
+    Ok(payload.len())
+}
+
+/// Decodes the concatenated `[time, record]` entries of a (Compressed)PackedForward payload.
+fn entries(payload: Bytes, out: &mut Vec<Event>) -> Result<(), DecodeError> {
     let mut at = 0;
     while at < payload.len() {
         match next_value(&payload[at..])? {

@@ -125,6 +125,12 @@ impl Forward {
         let shared_key = p.str("shared_key").map(str::to_string);
         let self_hostname = p.string_or("self_hostname", "localhost");
         let tls = if p.bool("tls", false)? {
+            if matches!(listen, Listen::Unix { .. }) {
+                return Err(ConfigError::key(
+                    p.prop("tls").expect("set"),
+                    "tls applies to a TCP listener (Listen/Port), not to unix_path",
+                ));
+            }
             let crt = p.required("tls.crt_file")?;
             let key = p.required("tls.key_file")?;
             let config = crate::forward::tls::server_config(
@@ -536,11 +542,10 @@ impl<R: AsyncRead + Unpin> Connection<'_, R> {
                 .chunk
                 .as_ref()
                 .map(|c| Ack::new(encode_ack(c), self.writer.clone()));
+            // Charged to the budget: what the records hold once inflated, not the wire bytes.
+            let size = len.max(message.inflated_bytes) as u64;
             if self.joiner.is_some() {
-                if let Err(e) = self
-                    .emit(message.tag, message.events, len as u64, ack)
-                    .await
-                {
+                if let Err(e) = self.emit(message.tag, message.events, size, ack).await {
                     break Err(e);
                 }
                 continue;
@@ -550,14 +555,14 @@ impl<R: AsyncRead + Unpin> Connection<'_, R> {
                     if *incoming == message.tag && r.events.len() < RUN_MAX_EVENTS =>
                 {
                     r.events.extend(message.events);
-                    r.raw_bytes += len as u64;
+                    r.raw_bytes += size;
                     r.shares.extend(ack.iter().map(Ack::share));
                 }
                 _ => {
                     let next = Batch {
                         tag: self.server.route_tag(&message.tag),
                         events: message.events,
-                        raw_bytes: len as u64,
+                        raw_bytes: size,
                         shares: ack.iter().map(Ack::share).collect(),
                     };
                     if let Some((_, done)) = run.replace((message.tag, next)) {
