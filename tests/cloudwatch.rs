@@ -93,17 +93,7 @@ fn cloudwatch_logs_delivers_every_line_once_and_creates_group_stream_and_retenti
         &"line-00000000 some padding text to make the line a realistic length".to_string()
     ));
     assert_eq!(stream_names(&client, &group), ["from-app.web"]);
-    let retention = block_on(async {
-        client
-            .describe_log_groups()
-            .log_group_name_prefix(&group)
-            .send()
-            .await
-            .unwrap()
-            .log_groups()[0]
-            .retention_in_days()
-    });
-    assert_eq!(retention, Some(7));
+    assert_eq!(retention_days(&client, &group), Some(7));
     assert_eq!(
         metric(port, "fluentbit_output_proc_records_total"),
         count as u64

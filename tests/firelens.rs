@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::cloudwatch::{messages, moto, stream_names, task_metadata};
-use common::peers::{block_on, isolated_aws_env, run_python, CredentialEndpoint, Peers, Reply};
+use common::cloudwatch::{messages, moto, retention_days, stream_names, task_metadata};
+use common::peers::{isolated_aws_env, run_python, CredentialEndpoint, Peers, Reply};
 use common::*;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -329,17 +329,7 @@ fn the_generated_config_ships_docker_driver_records_to_cloudwatch_logs_once() {
     }
     assert_eq!(seen.len(), kept, "every kept line once");
     assert_eq!(stream_names(&client, &group), [stream]);
-    let retention = block_on(async {
-        client
-            .describe_log_groups()
-            .log_group_name_prefix(&group)
-            .send()
-            .await
-            .unwrap()
-            .log_groups()[0]
-            .retention_in_days()
-    });
-    assert_eq!(retention, Some(14));
+    assert_eq!(retention_days(&client, &group), Some(14));
 
     // The container health check the task definitions use.
     let health = Command::new(env!("CARGO_BIN_EXE_logferry"))

@@ -87,3 +87,17 @@ pub fn task_metadata(cluster: &str) -> String {
     })
     .to_string()
 }
+
+/// The retention of the first group whose name starts with `group`.
+pub fn retention_days(client: &Client, group: &str) -> Option<i32> {
+    block_on(async {
+        client
+            .describe_log_groups()
+            .log_group_name_prefix(group)
+            .send()
+            .await
+            .unwrap()
+            .log_groups()[0]
+            .retention_in_days()
+    })
+}
