@@ -384,9 +384,19 @@ pub fn write_map(out: &mut Vec<u8>, m: &Map) {
 
 /// Concatenated `[EventTime, record]` entries: a PackedForward payload.
 pub fn write_entries(out: &mut Vec<u8>, events: &[Event]) {
+    write_entries_timed(out, events, false);
+}
+
+/// [`write_entries`], with the time as integer seconds when `integer_time` (`Time_as_Integer`,
+/// for fluentd older than 0.14 which cannot read EventTime).
+pub fn write_entries_timed(out: &mut Vec<u8>, events: &[Event], integer_time: bool) {
     for e in events {
         rmp::encode::write_array_len(out, 2).expect(VEC_WRITE);
-        write_time(out, e.time);
+        if integer_time {
+            rmp::encode::write_sint(out, e.time.sec).expect(VEC_WRITE);
+        } else {
+            write_time(out, e.time);
+        }
         write_map(out, &e.record);
     }
 }

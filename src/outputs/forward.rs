@@ -26,7 +26,9 @@ use tokio::net::TcpStream;
 
 use crate::config::{ConfigError, Origin, Property, Props, Section, SectionKind};
 use crate::forward::handshake::ClientHandshake;
-use crate::forward::protocol::{ack_of, encode_packed, next_value, write_entries, PackedOptions};
+use crate::forward::protocol::{
+    ack_of, encode_packed, next_value, write_entries_timed, PackedOptions,
+};
 use crate::record::Event;
 
 /// How long connecting (TCP, TLS, handshake) may take.
@@ -67,6 +69,8 @@ pub struct ForwardOut {
     require_ack: bool,
     gzip: bool,
     send_options: bool,
+    /// `Time_as_Integer`: seconds instead of EventTime.
+    time_as_integer: bool,
 }
 
 /// The node-level options shared by the output section and upstream `[NODE]`s.
@@ -121,7 +125,13 @@ fn node_from_props(p: &Props, name: String, defaults: Option<&Node>) -> Result<N
     } else {
         None
     };
-    p.accept(&["tls.debug"]);
+    // Both change only how metrics and traces are sent (logferry forwards logs), and Forward
+    // mode's metadata (logferry sends PackedForward).
+    p.accept(&[
+        "tls.debug",
+        "fluentd_compat",
+        "retain_metadata_in_forward_mode",
+    ]);
     Ok(Node {
         name,
         port,
@@ -235,6 +245,7 @@ impl ForwardOut {
             require_ack: p.bool("require_ack_response", true)?,
             gzip,
             send_options: p.bool("send_options", false)?,
+            time_as_integer: p.bool("time_as_integer", false)?,
         })
     }
 
@@ -286,7 +297,11 @@ impl ForwardOut {
                         messages.len() - 1
                     }
                 };
-                write_entries(&mut messages[slot].1, std::slice::from_ref(e));
+                write_entries_timed(
+                    &mut messages[slot].1,
+                    std::slice::from_ref(e),
+                    self.time_as_integer,
+                );
                 messages[slot].2 += 1;
             }
         }
@@ -460,6 +475,40 @@ mod tests {
     use super::*;
     use crate::record::{EventTime, Map, Value};
     use bytes::Bytes;
+
+    #[test]
+    fn time_as_integer_sends_whole_seconds() {
+        let doc = crate::config::classic::parse_str(
+            "t.conf",
+            "[OUTPUT]\n    Name forward\n    Time_as_Integer On\n",
+        )
+        .unwrap();
+        let out = ForwardOut::from_props(&Props::new(&doc.sections[0]), "forward.0").unwrap();
+        let event = Event {
+            time: EventTime {
+                sec: 1_700_000_000,
+                nsec: 123,
+            },
+            record: Map::default(),
+        };
+        let (_, frame) = out.encode(&[("a", std::slice::from_ref(&event))]).remove(0);
+        // The entry `[time, {}]` has a uint32 time (0xce), not EventTime (fixext8 0xd7).
+        assert!(
+            frame.windows(3).any(|w| w == [0x92, 0xce, 0x65]),
+            "{frame:x?}"
+        );
+        assert!(!frame.windows(2).any(|w| w == [0xd7, 0x00]), "{frame:x?}");
+        let frame = Bytes::from(frame);
+        let (v, _) = next_value(&frame).unwrap().unwrap();
+        let m = crate::forward::protocol::decode_message(&v, &frame, 1 << 20).unwrap();
+        assert_eq!(
+            m.events[0].time,
+            EventTime {
+                sec: 1_700_000_000,
+                nsec: 0
+            }
+        );
+    }
 
     #[test]
     fn one_message_per_tag_split_below_the_server_frame_limit() {
