@@ -125,7 +125,7 @@ pub fn export_init_env() -> Result<Vec<&'static str>, String> {
     let meta = task_metadata_blocking(&endpoint)?;
     let meta = READ_AT_START.get_or_init(|| meta);
     let mut exported = Vec::new();
-    for (name, value) in init_env(&meta) {
+    for (name, value) in init_env(meta) {
         if std::env::var_os(name).is_none() {
             // SAFETY: called from `main` before any other thread exists.
             unsafe { std::env::set_var(name, value) };
