@@ -32,6 +32,21 @@ static CLASS: [u8; 256] = {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Whether none of 8 bytes needs escaping or is non-ASCII (class 0 above), tested a word at a
+/// time: log text is mostly long plain runs, and a byte-at-a-time table walk over it was a
+/// fifth of the CloudWatch output's CPU.
+fn plain_word(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let w = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    let special = has_zero(w ^ (ONES * u64::from(b'"')))
+        | has_zero(w ^ (ONES * u64::from(b'\\')))
+        | has_zero(w ^ (ONES * 0x7f));
+    ((w & HIGHS) | below_space | special) == 0
+}
+
 fn push_u_escape(out: &mut Vec<u8>, cp: u32) {
     out.extend_from_slice(b"\\u");
     for shift in [12, 8, 4, 0] {
@@ -50,6 +65,9 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8], escape_unicode: bool) {
         match CLASS[b as usize] {
             0 => {
                 i += 1;
+                while i + 8 <= s.len() && plain_word(&s[i..i + 8]) {
+                    i += 8;
+                }
                 continue;
             }
             1 => {
@@ -332,6 +350,29 @@ impl<'de> Visitor<'de> for ValueVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_scan_finds_every_special_byte_at_every_position() {
+        for special in [0u8, 0x08, b'\n', 0x1f, b'"', b'\\', 0x7f, 0xe9] {
+            for pos in 0..24 {
+                let mut s = b"abcdefghijklmnopqrstuvwx".to_vec();
+                s[pos] = special;
+                let mut fast = Vec::new();
+                write_str(&mut fast, &s, false);
+                // The byte-at-a-time result: each byte written by itself.
+                let mut slow = vec![b'"'];
+                for b in &s {
+                    let mut one = Vec::new();
+                    write_str(&mut one, std::slice::from_ref(b), false);
+                    slow.extend_from_slice(&one[1..one.len() - 1]);
+                }
+                slow.push(b'"');
+                assert_eq!(fast, slow, "byte {special:#x} at {pos}");
+            }
+        }
+        assert!(plain_word(b"GET /a?b"));
+        assert!(!plain_word(b"GET /a?\x7f"));
+    }
 
     fn s(v: &[u8], esc: bool) -> String {
         let mut out = Vec::new();

@@ -72,7 +72,12 @@ impl MessageFormat {
                 }
             },
         };
-        let text = String::from_utf8_lossy(bytes);
+        // The word-at-a-time check first (what the JSON writer makes is valid UTF-8); the
+        // lossy conversion walks bytes one by one.
+        let text = match std::str::from_utf8(bytes) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(bytes),
+        };
         Some(if self.trim {
             text.trim().to_string()
         } else {

@@ -6,9 +6,14 @@
 
 use std::sync::Arc;
 
+use aws_runtime::auth::PayloadSigningOverride;
+use aws_sdk_cloudwatchlogs::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_cloudwatchlogs::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_cloudwatchlogs::error::BoxError;
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_cloudwatchlogs::types::{InputLogEvent, LogGroupClass};
+use aws_sdk_cloudwatchlogs::types::LogGroupClass;
 use aws_sdk_cloudwatchlogs::Client;
+use bytes::Bytes;
 
 use super::batch::Prepared;
 use crate::engine::metrics::{HealthWindow, OutputMetrics};
@@ -131,6 +136,81 @@ fn is_code<E: ProvideErrorMetadata>(
     e.as_service_error().and_then(|s| s.code()) == Some(code)
 }
 
+/// A PutLogEvents body written in one pass (each message escaped once into one buffer) with its
+/// SHA-256, put in place of the SDK's serialization before the SDK signs and sends it. The SDK's
+/// per-byte escaping of every message and its portable SHA-256 of the 1 MiB body were most of
+/// the output's CPU; everything else (endpoint, credentials, signing, retries, error and
+/// response parsing) stays the SDK's. Retries resend the same bytes (no copy).
+#[derive(Clone)]
+struct PreparedBody {
+    body: Bytes,
+    sha256_hex: String,
+}
+
+impl PreparedBody {
+    fn new(group: &str, stream: &str, events: &[Prepared]) -> Self {
+        let size: usize = events.iter().map(|e| e.message.len() + 48).sum();
+        let mut out = Vec::with_capacity(size + group.len() + stream.len() + 64);
+        out.extend_from_slice(b"{\"logGroupName\":");
+        crate::json::write_str(&mut out, group.as_bytes(), false);
+        out.extend_from_slice(b",\"logStreamName\":");
+        crate::json::write_str(&mut out, stream.as_bytes(), false);
+        out.extend_from_slice(b",\"logEvents\":[");
+        let mut ts = itoa::Buffer::new();
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"timestamp\":");
+            out.extend_from_slice(ts.format(e.ts_ms).as_bytes());
+            out.extend_from_slice(b",\"message\":");
+            crate::json::write_str(&mut out, e.message.as_bytes(), false);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &out);
+        let mut sha256_hex = String::with_capacity(64);
+        for b in digest.as_ref() {
+            sha256_hex.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            sha256_hex.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
+        }
+        PreparedBody {
+            body: out.into(),
+            sha256_hex,
+        }
+    }
+}
+
+impl std::fmt::Debug for PreparedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreparedBody({} bytes)", self.body.len())
+    }
+}
+
+impl Intercept for PreparedBody {
+    fn name(&self) -> &'static str {
+        "PreparedBody"
+    }
+
+    /// Runs once per call, after serialization and before the first attempt is signed; every
+    /// attempt starts from this request.
+    fn modify_before_retry_loop(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let request = context.request_mut();
+        request
+            .headers_mut()
+            .insert("content-length", self.body.len().to_string());
+        *request.body_mut() = self.body.clone().into();
+        cfg.interceptor_state()
+            .store_put(PayloadSigningOverride::Precomputed(self.sha256_hex.clone()));
+        Ok(())
+    }
+}
+
 /// One PutLogEvents request, retried by itself; returns the origins of the events given up.
 pub(super) async fn deliver(
     shared: Arc<Shared>,
@@ -140,30 +220,8 @@ pub(super) async fn deliver(
 ) -> Vec<u32> {
     let origins: Vec<u32> = events.iter().map(|e| e.origin).collect();
     let count = events.len();
-    // The SDK consumes its input. The first attempt sends the messages themselves; a copy of
-    // them in one buffer (one allocation per request) rebuilds the events for a retry.
-    let mut kept = String::with_capacity(events.iter().map(|e| e.message.len()).sum());
-    let spans: Vec<(i64, usize, usize)> = events
-        .iter()
-        .map(|e| {
-            let start = kept.len();
-            kept.push_str(&e.message);
-            (e.ts_ms, start, kept.len())
-        })
-        .collect();
-    let event = |ts_ms: i64, message: String| {
-        InputLogEvent::builder()
-            .timestamp(ts_ms)
-            .message(message)
-            .build()
-            .expect("timestamp and message are set")
-    };
-    let mut first: Option<Vec<InputLogEvent>> = Some(
-        events
-            .into_iter()
-            .map(|e| event(e.ts_ms, e.message))
-            .collect(),
-    );
+    let body = PreparedBody::new(&group, &stream, &events);
+    drop(events);
     let m = &shared.metrics;
     let mut attempt = 0u32;
     let mut creations = 0;
@@ -174,13 +232,8 @@ pub(super) async fn deliver(
             .put_log_events()
             .log_group_name(&*group)
             .log_stream_name(&*stream)
-            .set_log_events(Some(first.take().unwrap_or_else(|| {
-                spans
-                    .iter()
-                    .map(|&(ts, a, b)| event(ts, kept[a..b].to_string()))
-                    .collect()
-            })))
             .customize()
+            .interceptor(body.clone())
             .mutate_request(move |r| {
                 if let Some(f) = &log_format {
                     r.headers_mut().insert("x-amzn-logs-format", f.clone());
