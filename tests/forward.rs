@@ -711,7 +711,7 @@ fn upstream_round_robin_fails_over_and_sends_compressed_messages_under_the_outpu
         node_dir.path(),
         "upstream.conf",
         &format!(
-            "[UPSTREAM]\n    name aggregators\n\n[NODE]\n    name a\n    host 127.0.0.1\n    port {a_port}\n\n[NODE]\n    name dead\n    host 127.0.0.1\n    port {dead_port}\n\n[NODE]\n    name b\n    host 127.0.0.1\n    port {b_port}\n"
+            "[UPSTREAM]\n    name aggregators\n\n[NODE]\n    name a\n    host ${{LOGFERRY_TEST_AGGREGATOR:-127.0.0.1}}\n    port {a_port}\n\n[NODE]\n    name dead\n    host 127.0.0.1\n    port {dead_port}\n\n[NODE]\n    name b\n    host 127.0.0.1\n    port {b_port}\n"
         ),
     );
     let node_cfg = node_config(

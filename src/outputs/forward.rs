@@ -152,7 +152,8 @@ fn node_from_props(p: &Props, name: String, defaults: Option<&Node>) -> Result<N
 
 /// Reads a Fluent Bit upstream file: an `[UPSTREAM]` section (`name`) and `[NODE]` sections
 /// (`name`, `host`, `port`, `tls`, `tls.verify`, `tls.ca_file`, `tls.vhost`, `shared_key`,
-/// `self_hostname`). Nodes inherit TLS, key and hostname from the output section.
+/// `self_hostname`), values with `${VAR}` / `${VAR:-default}` expanded from the environment.
+/// Nodes inherit TLS, key and hostname from the output section.
 fn upstream_nodes(path: &Property, defaults: &Node) -> Result<Vec<Node>, ConfigError> {
     let file = Path::new(&path.value);
     let text = std::fs::read_to_string(file)
@@ -192,9 +193,13 @@ fn upstream_nodes(path: &Property, defaults: &Node) -> Result<Vec<Node>, ConfigE
         };
         let (key, value) = crate::filters::key_and_rest(line)
             .ok_or_else(|| ConfigError::at(&origin, "expected 'key value'"))?;
+        let (value, unset) = crate::config::env::ConfigEnv::default().expand(value);
+        for name in unset {
+            tracing::warn!("{origin}: environment variable '{name}' is not set: expanded to ''");
+        }
         section.props.push(Property {
             key: key.to_string(),
-            value: value.to_string(),
+            value,
             origin,
         });
     }
