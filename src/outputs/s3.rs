@@ -20,9 +20,10 @@ use std::time::Duration;
 use super::format::DateKey;
 use super::objectstore::compress::Compression;
 use super::objectstore::key::KeyFormat;
-use super::objectstore::store::{PutOptions, MIN_PART};
+use super::objectstore::store::s3::{PutOptions, S3Spec, MIN_PART};
+use super::objectstore::store::StoreSpec;
 use super::objectstore::{
-    BodyFormat, ObjectStoreOutput, SpoolDir, StoreSpec, UploadSettings, DEFAULT_SPOOL_LIMIT,
+    BodyFormat, ObjectStoreOutput, SpoolDir, UploadSettings, DEFAULT_SPOOL_LIMIT,
 };
 use super::Backoff;
 use crate::cloud::aws::{with_scheme, AwsIdentity};
@@ -103,9 +104,7 @@ pub fn build(
         append,
         compression,
         total_file_size,
-        upload_chunk_size,
         upload_timeout: p.duration("upload_timeout", Duration::from_secs(600))?,
-        use_put_object: p.bool("use_put_object", false)? || total_file_size < 2 * MIN_PART,
         retry_limit,
         backoff,
     };
@@ -121,12 +120,14 @@ pub fn build(
         Some(e) if e.starts_with("file://") => {
             StoreSpec::Local(PathBuf::from(e.trim_start_matches("file://")))
         }
-        endpoint => StoreSpec::S3 {
+        endpoint => StoreSpec::S3(S3Spec {
             identity: Box::new(identity),
             endpoint: endpoint.map(with_scheme),
             bucket: bucket.clone(),
             options,
-        },
+            part_size: upload_chunk_size,
+            multipart: !p.bool("use_put_object", false)? && total_file_size >= 2 * MIN_PART,
+        }),
     };
     // Resolved and created at start, so `--dry-run` writes nothing.
     let spool_dir = match p.str("store_dir") {

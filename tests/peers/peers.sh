@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # peers.sh install|start|stop — the real servers the integration tests talk to, on 127.0.0.1 only:
 #   s3s-fs (S3 with SigV4 checks, the MinIO stand-in), moto (S3/STS; one open, one enforcing
-#   SigV4 + IAM), oauth2-mock-server (signed JWTs for web identity).
+#   SigV4 + IAM), oauth2-mock-server (signed JWTs for web identity and Entra ID-style tokens),
+#   Azurite (Azure Blob; tests start their own HTTPS instance from AZURITE_BIN for bearer tokens),
+#   gcp-storage-emulator (GCS JSON API).
 # `start` writes $PEERS_DIR/env for the tests to source; `stop` kills by PID file.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -22,6 +24,10 @@ install() {
     "$VENV/bin/pip" install -q 'moto[s3]==5.2.5' 'flask==3.1.3' 'flask-cors==6.0.2' 'boto3'
   fi
   "$VENV/bin/python" -c 'import fluent, msgpack, zstandard' 2>/dev/null || "$VENV/bin/pip" install -q 'fluent-logger==0.11.1' 'msgpack==1.2.4' 'zstandard==0.25.0'
+  "$VENV/bin/python" -c 'import gcp_storage_emulator' 2>/dev/null || "$VENV/bin/pip" install -q 'gcp-storage-emulator==2026.7.19'
+  # 3.35.0: the newest Azurite whose engines allow Node 20.
+  [ -x "$NPM/node_modules/.bin/azurite-blob" ] ||
+    npm install --prefix "$NPM" --no-audit --no-fund azurite@3.35.0 >/dev/null
   [ -x "$NPM/node_modules/.bin/oauth2-mock-server" ] ||
     npm install --prefix "$NPM" --no-audit --no-fund oauth2-mock-server@9.3.0 >/dev/null
   # s3s-fs 0.17 needs rustc >= 1.96; 0.14.1 is the newest that builds with 1.95.
@@ -32,15 +38,18 @@ install() {
 start() {
   stop >/dev/null 2>&1 || true
   local S3S; S3S=$(command -v s3s-fs || echo "$PEERS_DIR/cargo/bin/s3s-fs")
-  local MOTO MOTO_AUTH S3S_P IDP
-  MOTO=$(freeport) MOTO_AUTH=$(freeport) S3S_P=$(freeport) IDP=$(freeport)
+  local MOTO MOTO_AUTH S3S_P IDP AZURITE GCS
+  MOTO=$(freeport) MOTO_AUTH=$(freeport) S3S_P=$(freeport) IDP=$(freeport) AZURITE=$(freeport) GCS=$(freeport)
   rm -rf "$PEERS_DIR/s3s-data"; mkdir -p "$PEERS_DIR/s3s-data"
   bg moto "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO"
   INITIAL_NO_AUTH_ACTION_COUNT=3 bg moto-auth "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_AUTH"
   bg s3s-fs "$S3S" --host 127.0.0.1 --port "$S3S_P" --access-key AKIAS3SFSTEST --secret-key s3s-fs-test-secret "$PEERS_DIR/s3s-data"
   bg idp "$NPM/node_modules/.bin/oauth2-mock-server" -a 127.0.0.1 -p "$IDP"
+  bg azurite "$NPM/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$AZURITE" --inMemoryPersistence --skipApiVersionCheck --loose
+  bg gcs "$VENV/bin/gcp-storage-emulator" start -H 127.0.0.1 --port "$GCS" --in-memory
   wait_up "http://127.0.0.1:$MOTO/moto-api/data.json"; wait_up "http://127.0.0.1:$MOTO_AUTH/moto-api/data.json"
   wait_up "http://127.0.0.1:$S3S_P/"; wait_up "http://127.0.0.1:$IDP/.well-known/openid-configuration"
+  wait_up "http://127.0.0.1:$AZURITE/devstoreaccount1?comp=list"; wait_up "http://127.0.0.1:$GCS/storage/v1/b"
   # moto-auth: the first 3 requests are free; spend them creating an admin IAM user and key.
   local KEYS; KEYS=$("$VENV/bin/python" - "http://127.0.0.1:$MOTO_AUTH" <<'PY'
 import sys, boto3
@@ -63,6 +72,12 @@ S3S_DATA=$PEERS_DIR/s3s-data
 S3S_BIN=$S3S
 OIDC_ISSUER=http://127.0.0.1:$IDP
 PEERS_PYTHON=$VENV/bin/python
+AZURITE_ENDPOINT=http://127.0.0.1:$AZURITE/devstoreaccount1
+AZURITE_BIN=$NPM/node_modules/.bin/azurite-blob
+OAUTH2_MOCK_SERVER_DIR=$NPM/node_modules/oauth2-mock-server
+NODE_MODULES=$NPM/node_modules
+GCS_ENDPOINT=http://127.0.0.1:$GCS
+GCS_EMULATOR_BIN=$VENV/bin/gcp-storage-emulator
 ENV
   echo "peers up: $PEERS_DIR/env"
 }

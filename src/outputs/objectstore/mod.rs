@@ -1,4 +1,4 @@
-//! The object-store output engine shared by `s3` (and later `azure_blob`, `gcs`): records are
+//! The object-store output engine shared by `s3`, `azure_blob` and `gcs`: records are
 //! formatted as JSON Lines into a durable per-tag spool, sealed by size or age, compressed, keyed
 //! with Fluent Bit's key format and uploaded by a background uploader.
 //!
@@ -44,7 +44,7 @@ use crate::record::{Event, Value};
 use compress::Compression;
 use key::KeyFormat;
 use spool::{SealedChunk, Spool, UploadState};
-use store::{ErrorKind, Existing, ObjectStore, StoreError};
+use store::{ErrorKind, Existing, ObjectStore, StoreError, StoreSpec};
 
 /// `store_dir_limit_size` when the config does not set it.
 pub const DEFAULT_SPOOL_LIMIT: u64 = 2_000_000_000;
@@ -83,9 +83,7 @@ pub struct UploadSettings {
     pub append: bool,
     pub compression: Compression,
     pub total_file_size: u64,
-    pub upload_chunk_size: u64,
     pub upload_timeout: Duration,
-    pub use_put_object: bool,
     pub retry_limit: u32,
     pub backoff: Backoff,
 }
@@ -335,54 +333,6 @@ fn seal_if_stalled(
     Ok(())
 }
 
-/// What to build the store from once the runtime runs (the AWS SDK config is async).
-pub enum StoreSpec {
-    Local(PathBuf),
-    S3 {
-        identity: Box<crate::cloud::aws::AwsIdentity>,
-        endpoint: Option<String>,
-        bucket: String,
-        options: store::PutOptions,
-    },
-}
-
-impl StoreSpec {
-    async fn build(self) -> ObjectStore {
-        match self {
-            StoreSpec::Local(root) => ObjectStore::Local(store::LocalDir { root }),
-            StoreSpec::S3 {
-                identity,
-                endpoint,
-                bucket,
-                options,
-            } => {
-                let sdk = identity.sdk_config().await;
-                // Checksums only where S3 requires them: S3-compatible stores differ in how they
-                // handle flexible checksums on multipart uploads; `send_content_md5` adds MD5.
-                let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
-                    .force_path_style(true)
-                    .request_checksum_calculation(
-                        aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
-                    );
-                let shown = match &endpoint {
-                    Some(e) => e.clone(),
-                    None => format!("AWS S3 ({})", identity.region),
-                };
-                if let Some(e) = endpoint {
-                    conf = conf.endpoint_url(e);
-                }
-                ObjectStore::S3(store::S3Store {
-                    client: aws_sdk_s3::Client::from_conf(conf.build()),
-                    bucket,
-                    endpoint: shown,
-                    options,
-                    identity: identity.describe(),
-                })
-            }
-        }
-    }
-}
-
 /// What every upload task shares.
 struct UploadCtx {
     name: String,
@@ -445,7 +395,7 @@ impl UploadCtx {
         };
         if s.appends() {
             self.store
-                .append(&key, &body, s.upload_chunk_size, &mut state, &state_path)
+                .append(&key, &body, &mut state, &state_path)
                 .await?;
         } else {
             let existing = if s.static_file_path {
@@ -454,15 +404,7 @@ impl UploadCtx {
                 Existing::Keep
             };
             self.store
-                .put(
-                    &key,
-                    &body,
-                    s.upload_chunk_size,
-                    !s.use_put_object,
-                    existing,
-                    &mut state,
-                    &state_path,
-                )
+                .put(&key, &body, existing, &mut state, &state_path)
                 .await?;
         }
         self.metrics.uploaded_records.add(info.records);

@@ -1,68 +1,23 @@
-//! Object-store backends behind one interface: a local directory (the embedded default, no
-//! cloud) and S3 (and S3-compatible stores). Both write whole objects, can append to an existing
-//! object (the static-key mode), and S3 uploads large objects in resumable parts.
+//! The S3 backend (AWS S3 and S3-compatible stores: MinIO, OCI, s3s): PutObject for small
+//! bodies, resumable multipart uploads for large ones, and appends at a static key by rewriting
+//! small objects or server-side copying large ones into a multipart upload.
 //!
-//! Invariant 1 (no silent loss): a write never replaces an object it did not mean to replace.
-//! New objects are created with `If-None-Match: *`; an append completes only against the version
-//! it extends (`If-Match` on the ETag the copied parts came from, kept in [`UploadState`]), and
-//! the local directory appends in place after cutting back a partial earlier attempt.
-//! Errors are typed ([`ErrorKind`]): the uploader retries, restarts an upload, renders a new key
-//! or reports a permanent failure from the kind, never from the message text.
+//! Invariant 1: new objects are created with `If-None-Match: *`; an append completes only
+//! against the version it extends (`If-Match` on the ETag the copied parts came from, kept in
+//! [`UploadState`]); a resumed multipart upload skips the parts the state records as done.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
-use super::spool::UploadState;
+use super::{display_chain, io_err, ErrorKind, Existing, StoreError};
+use crate::outputs::objectstore::spool::UploadState;
 
 /// S3's smallest multipart part (all but the last).
 pub const MIN_PART: u64 = 5 * 1024 * 1024;
 /// S3's largest part, and the most one UploadPartCopy may copy.
 pub const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
-
-/// What the uploader does about a failed store call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// Network, throttling, server errors: retry with backoff.
-    Retryable,
-    /// A condition failed (the object exists, or changed under an append): start the upload
-    /// again from the object's current version, or under a new key.
-    Conflict,
-    /// Credentials, permissions, a missing bucket: nothing changes by retrying soon. The data
-    /// stays in the spool, the error is logged at once and health fails until an upload works.
-    Permanent,
-    /// The server no longer accepts the multipart upload id: start the upload over.
-    UploadLost,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct StoreError {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl StoreError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> StoreError {
-        StoreError {
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-/// A local I/O error: permission problems are permanent, the rest (a full disk, a path in the
-/// way) may clear.
-pub fn io_err(context: &str, e: std::io::Error) -> StoreError {
-    let kind = match e.kind() {
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-            ErrorKind::Permanent
-        }
-        _ => ErrorKind::Retryable,
-    };
-    StoreError::new(kind, format!("{context}: {e}"))
-}
 
 /// S3 error codes that retrying soon cannot fix.
 const PERMANENT_CODES: &[&str] = &[
@@ -118,200 +73,56 @@ pub struct PutOptions {
     pub send_content_md5: bool,
 }
 
-pub enum ObjectStore {
-    Local(LocalDir),
-    S3(S3Store),
+/// What the `s3` output configured; the SDK client is built from it at start.
+pub struct S3Spec {
+    pub identity: Box<crate::cloud::aws::AwsIdentity>,
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub options: PutOptions,
+    /// `upload_chunk_size`: the multipart part size.
+    pub part_size: u64,
+    /// Multipart uploads above `part_size` (off with `use_put_object`).
+    pub multipart: bool,
 }
 
-/// How a whole-object write treats an object already at the key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Existing {
-    /// Fail with [`ErrorKind::Conflict`] (the uploader then renders a new key).
-    Keep,
-    /// Replace it (`static_file_mode overwrite`, Fluent Bit's behaviour, chosen explicitly).
-    Replace,
-}
-
-impl ObjectStore {
-    /// Names the destination in logs and errors: bucket, endpoint and identity, no secrets.
-    pub fn describe(&self) -> String {
-        match self {
-            ObjectStore::Local(l) => format!("directory {}", l.root.display()),
-            ObjectStore::S3(s) => {
-                format!("bucket {} at {} as {}", s.bucket, s.endpoint, s.identity)
-            }
+impl S3Spec {
+    pub async fn build(self) -> S3Store {
+        let sdk = self.identity.sdk_config().await;
+        // Checksums only where S3 requires them: S3-compatible stores differ in how they
+        // handle flexible checksums on multipart uploads; `send_content_md5` adds MD5.
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            );
+        let shown = match &self.endpoint {
+            Some(e) => e.clone(),
+            None => format!("AWS S3 ({})", self.identity.region),
+        };
+        if let Some(e) = self.endpoint {
+            conf = conf.endpoint_url(e);
         }
-    }
-
-    /// Checks at start that the destination exists and the identity may reach it.
-    pub async fn probe(&self) -> Result<(), StoreError> {
-        match self {
-            ObjectStore::Local(l) => l.probe(),
-            ObjectStore::S3(s) => s.probe().await,
+        S3Store {
+            client: aws_sdk_s3::Client::from_conf(conf.build()),
+            bucket: self.bucket,
+            endpoint: shown,
+            options: self.options,
+            identity: self.identity.describe(),
+            part_size: self.part_size,
+            multipart: self.multipart,
         }
-    }
-
-    /// Writes `body` as the whole object at `key` (resumable multipart above `part_size`).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn put(
-        &self,
-        key: &str,
-        body: &Path,
-        part_size: u64,
-        multipart: bool,
-        existing: Existing,
-        state: &mut UploadState,
-        state_path: &Path,
-    ) -> Result<(), StoreError> {
-        match self {
-            ObjectStore::Local(l) => l.put(key, body, existing),
-            ObjectStore::S3(s) => {
-                let size = std::fs::metadata(body)
-                    .map_err(|e| io_err("spool", e))?
-                    .len();
-                let expect = (existing == Existing::Keep).then_some(Expect::Absent);
-                if multipart && size > part_size {
-                    s.multipart(key, body, part_size, expect, state, state_path)
-                        .await
-                } else {
-                    s.put_object(key, body, expect, Vec::new()).await
-                }
-            }
-        }
-    }
-
-    /// Appends `body` to the object at `key` (creating it), guarding against concurrent writers.
-    pub async fn append(
-        &self,
-        key: &str,
-        body: &Path,
-        part_size: u64,
-        state: &mut UploadState,
-        state_path: &Path,
-    ) -> Result<(), StoreError> {
-        match self {
-            ObjectStore::Local(l) => l.append(key, body, state, state_path),
-            ObjectStore::S3(s) => s.append(key, body, part_size, state, state_path).await,
-        }
-    }
-}
-
-/// `endpoint file:///dir`: objects are files under `dir` with the same keys and bodies. New
-/// objects are written atomically (temp file, fsync, then a hard link that fails if the key is
-/// taken, or a rename when replacing); appends extend the file in place.
-pub struct LocalDir {
-    pub root: PathBuf,
-}
-
-impl LocalDir {
-    /// The root, or the nearest folder above it that exists, must be a writable directory
-    /// (created at the first upload, not here).
-    fn probe(&self) -> Result<(), StoreError> {
-        let existing = self.root.ancestors().find(|p| p.exists());
-        match existing.map(std::fs::metadata) {
-            Some(Ok(m)) if m.is_dir() && !m.permissions().readonly() => Ok(()),
-            Some(Ok(m)) if m.is_dir() => Err(StoreError::new(
-                ErrorKind::Permanent,
-                format!("{} is read-only", self.root.display()),
-            )),
-            Some(Ok(_)) => Err(StoreError::new(
-                ErrorKind::Retryable,
-                format!("{}: a file is in the way", self.root.display()),
-            )),
-            Some(Err(e)) => Err(io_err(&self.root.display().to_string(), e)),
-            None => Ok(()),
-        }
-    }
-
-    fn target(&self, key: &str) -> Result<(PathBuf, PathBuf), StoreError> {
-        let target = self.root.join(key);
-        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
-        std::fs::create_dir_all(&parent)
-            .map_err(|e| io_err(&format!("cannot create {}", parent.display()), e))?;
-        Ok((target, parent))
-    }
-
-    fn put(&self, key: &str, body: &Path, existing: Existing) -> Result<(), StoreError> {
-        let (target, parent) = self.target(key)?;
-        let tmp = parent.join(format!(
-            ".{}.logferry-tmp",
-            target
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("object")
-        ));
-        let result = (|| -> std::io::Result<()> {
-            let mut out = std::fs::File::create(&tmp)?;
-            std::io::copy(&mut std::fs::File::open(body)?, &mut out)?;
-            out.sync_all()?;
-            match existing {
-                Existing::Replace => std::fs::rename(&tmp, &target)?,
-                Existing::Keep => {
-                    std::fs::hard_link(&tmp, &target)?;
-                    std::fs::remove_file(&tmp)?;
-                }
-            }
-            std::fs::File::open(&parent)?.sync_all()
-        })();
-        result.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                StoreError::new(
-                    ErrorKind::Conflict,
-                    format!("{} already exists", target.display()),
-                )
-            } else {
-                io_err(&format!("cannot write {}", target.display()), e)
-            }
-        })
-    }
-
-    /// Appends in place. The length before the first attempt is kept in the upload state, so
-    /// a retry (after a partial write or a crash) cuts back to it first: the body lands once.
-    fn append(
-        &self,
-        key: &str,
-        body: &Path,
-        state: &mut UploadState,
-        state_path: &Path,
-    ) -> Result<(), StoreError> {
-        let (target, parent) = self.target(key)?;
-        let context = format!("cannot append to {}", target.display());
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&target)
-            .map_err(|e| io_err(&context, e))?;
-        let len = out.metadata().map_err(|e| io_err(&context, e))?.len();
-        match state.append_base {
-            Some(base) if len > base => out.set_len(base).map_err(|e| io_err(&context, e))?,
-            Some(_) => {}
-            None => {
-                state.append_base = Some(len);
-                state
-                    .save(state_path)
-                    .map_err(|e| io_err("saving upload state", e))?;
-            }
-        }
-        let mut input = std::fs::File::open(body).map_err(|e| io_err("spool", e))?;
-        std::io::copy(&mut input, &mut out).map_err(|e| io_err(&context, e))?;
-        out.sync_all().map_err(|e| io_err(&context, e))?;
-        if len == 0 {
-            std::fs::File::open(&parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err(&context, e))?;
-        }
-        Ok(())
     }
 }
 
 pub struct S3Store {
-    pub client: aws_sdk_s3::Client,
-    pub bucket: String,
+    client: aws_sdk_s3::Client,
+    bucket: String,
     /// The configured endpoint, or AWS's regional one (for logs).
-    pub endpoint: String,
-    pub options: PutOptions,
-    pub identity: String,
+    endpoint: String,
+    options: PutOptions,
+    identity: String,
+    part_size: u64,
+    multipart: bool,
 }
 
 /// `<operation>: HTTP <status> <code>: <message>` — what the service said, never credentials.
@@ -358,22 +169,6 @@ fn upload_id_err(mut err: StoreError, status: Option<u16>) -> StoreError {
 
 fn status_of<E, R: HttpStatus>(e: &aws_sdk_s3::error::SdkError<E, R>) -> Option<u16> {
     e.raw_response().map(|r| r.status_code())
-}
-
-/// The error and its sources, Display only: the SDK's Debug forms carry raw responses, and a
-/// credential endpoint's raw response holds secrets.
-fn display_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// The HTTP status of a raw response (the SDK's response type, via its accessor).
@@ -443,11 +238,38 @@ fn copy_ranges(size: u64, max: u64) -> Vec<(u64, u64)> {
 }
 
 impl S3Store {
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "bucket {} at {} as {}",
+            self.bucket, self.endpoint, self.identity
+        )
+    }
+
+    /// Writes `body` as the whole object at `key` (resumable multipart above the part size).
+    pub(super) async fn put(
+        &self,
+        key: &str,
+        body: &Path,
+        existing: Existing,
+        state: &mut UploadState,
+        state_path: &Path,
+    ) -> Result<(), StoreError> {
+        let size = std::fs::metadata(body)
+            .map_err(|e| io_err("spool", e))?
+            .len();
+        let expect = (existing == Existing::Keep).then_some(Expect::Absent);
+        if self.multipart && size > self.part_size {
+            self.multipart(key, body, expect, state, state_path).await
+        } else {
+            self.put_object(key, body, expect, Vec::new()).await
+        }
+    }
+
     fn at(&self, what: &str, key: &str) -> String {
         format!("{what} s3://{}/{key}", self.bucket)
     }
 
-    async fn probe(&self) -> Result<(), StoreError> {
+    pub(super) async fn probe(&self) -> Result<(), StoreError> {
         match self.client.head_bucket().bucket(&self.bucket).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -530,12 +352,11 @@ impl S3Store {
         &self,
         key: &str,
         body: &Path,
-        part_size: u64,
         expect: Option<Expect>,
         state: &mut UploadState,
         state_path: &Path,
     ) -> Result<(), StoreError> {
-        let o = &self.options;
+        let (o, part_size) = (&self.options, self.part_size);
         let size = std::fs::metadata(body)
             .map_err(|e| io_err("spool", e))?
             .len();
@@ -697,18 +518,15 @@ impl S3Store {
     /// parts copy the existing object server-side (the version copied is kept in `state`, so a
     /// resumed upload completes against it). A concurrent writer makes a condition fail
     /// ([`ErrorKind::Conflict`]) and the append is made again from the new version.
-    async fn append(
+    pub(super) async fn append(
         &self,
         key: &str,
         body: &Path,
-        part_size: u64,
         state: &mut UploadState,
         state_path: &Path,
     ) -> Result<(), StoreError> {
         if state.copied.is_some() {
-            return self
-                .multipart(key, body, part_size, None, state, state_path)
-                .await;
+            return self.multipart(key, body, None, state, state_path).await;
         }
         let head = self
             .client
@@ -776,8 +594,7 @@ impl S3Store {
             Some((size, etag)) => {
                 state.copied = Some((etag, size));
                 Self::save(state, state_path)?;
-                self.multipart(key, body, part_size, None, state, state_path)
-                    .await
+                self.multipart(key, body, None, state, state_path).await
             }
         }
     }
