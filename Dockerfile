@@ -12,6 +12,8 @@ COPY . .
 RUN cargo build --release --locked --bin logferry
 
 FROM debian:bookworm-slim
+# ca-certificates unpinned on purpose: it must follow the distribution's security updates.
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/logferry /fluent-bit/bin/fluent-bit
 COPY conf/parsers.conf conf/fluent-bit.conf /fluent-bit/etc/

@@ -5,7 +5,12 @@
 //! prints the ratios. The `s3` cases write gzip objects to a local directory (logferry only) and,
 //! when `S3S_ENDPOINT`/`S3S_DATA`/`S3S_ACCESS_KEY`/`S3S_SECRET_KEY` are set (source
 //! `target/peers/env` after `tests/peers/peers.sh start`), to s3s-fs for both agents; the
-//! compressed size of what was stored is printed.
+//! compressed size of what was stored is printed. With `AZURITE_ENDPOINT` set, tail → azure_blob
+//! (shared key, both agents) goes to Azurite; with `GCS_ENDPOINT` set, tail → gcs (logferry only:
+//! Fluent Bit 5.1's `gcs` needs a service-account key and Google's token endpoint) goes to the
+//! GCS emulator, its token from a metadata-server stand-in the harness runs (`GCE_METADATA_HOST`).
+//! The emulators are slow Node/Python servers: the figures that matter are the agent's own CPU
+//! seconds and peak RSS, not MB/s.
 //!
 //! `cargo bench --bench e2e` (env: `E2E_BYTES` input size, default 1073741824; `E2E_DIR` work
 //! directory, default `target/e2e`; `E2E_ONLY` runs the cases whose name contains it). MB = 10^6 bytes of the raw CRI file.
@@ -108,10 +113,53 @@ fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
+/// A GKE metadata-server stand-in on 127.0.0.1: every request gets the same access token.
+/// Returns its `host:port` for `GCE_METADATA_HOST`.
+fn metadata_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let body = r#"{"access_token":"bench-token","expires_in":3599,"token_type":"Bearer"}"#;
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nMetadata-Flavor: Google\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// Creates a bucket in the GCS emulator (JSON API, no auth).
+fn create_gcs_bucket(endpoint: &str, bucket: &str) {
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let body = format!(r#"{{"name":"{bucket}"}}"#);
+    let mut stream = std::net::TcpStream::connect(host).expect("GCS emulator");
+    write!(
+        stream,
+        "POST /storage/v1/b?project=bench HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.0 200")
+            || answer.starts_with("HTTP/1.1 200")
+            || answer.contains(" 409 "),
+        "creating bucket {bucket}: {}",
+        answer.lines().next().unwrap_or_default()
+    );
+}
+
 /// Runs the agent to its exit: its resource usage and wall-clock seconds.
-fn run(binary: &str, config: &Path) -> (Run, f64) {
+fn run(binary: &str, config: &Path, env: &[(&str, String)]) -> (Run, f64) {
     let start = Instant::now();
     let mut cmd = Command::new(binary);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     if let (Ok(k), Ok(s)) = (
         std::env::var("S3S_ACCESS_KEY"),
         std::env::var("S3S_SECRET_KEY"),
@@ -207,6 +255,30 @@ fn main() {
             Some(bucket),
         ));
     }
+    if let Ok(endpoint) = std::env::var("AZURITE_ENDPOINT") {
+        // Fluent Bit's emulator form: the endpoint without the account path.
+        let host = endpoint.trim_end_matches("/devstoreaccount1");
+        cases.push((
+            "tail→azure_blob gzip (Azurite)",
+            format!("azure_blob\n    account_name devstoreaccount1\n    shared_key Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==\n    container_name e2e-bench\n    blob_type blockblob\n    auto_create_container on\n    emulator_mode on\n    endpoint {host}\n    tls off\n    compress_blob on\n    store_dir {}\n    total_file_size 100M\n    upload_timeout 10m", dir.join("spool").display()),
+            true,
+            None,
+        ));
+    }
+    let mut metadata_host = None;
+    if let Ok(endpoint) = std::env::var("GCS_ENDPOINT") {
+        metadata_host = Some(metadata_server());
+        create_gcs_bucket(&endpoint, "e2e-bench");
+        cases.push((
+            "tail→gcs gzip (emulator)",
+            format!("gcs\n    bucket e2e-bench\n    endpoint {endpoint}\n    gcs_key_format bench/$TAG/$UUID.gz\n    compression gzip\n    store_dir {}\n    total_file_size 100M\n    upload_timeout 10m", dir.join("spool").display()),
+            false,
+            None,
+        ));
+    }
+    let agent_env: Vec<(&str, String)> = metadata_host
+        .map(|h| vec![("GCE_METADATA_HOST", h)])
+        .unwrap_or_default();
     let fluent_bit = std::env::var("FLUENT_BIT").ok();
     println!("input: {} ({size:.0} MB)", input.display());
     println!(
@@ -234,7 +306,7 @@ fn main() {
                 let _ = std::fs::remove_dir_all(s);
                 std::fs::create_dir_all(s).unwrap();
             }
-            let (r, wall) = run(&bin, &cfg);
+            let (r, wall) = run(&bin, &cfg, &agent_env);
             let stored_mb = stored
                 .as_ref()
                 .map(|s| format!("{:.1}", dir_size(s) as f64 / 1e6))
