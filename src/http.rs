@@ -283,6 +283,25 @@ pub fn render_prometheus(r: &Registry) -> String {
             "Fluentbit metrics.",
             fil(&|f| f.added_records.get() as i64),
         );
+        let kube = |f: &dyn Fn(&crate::engine::metrics::FilterMetrics) -> i64| {
+            r.filters
+                .iter()
+                .filter(|i| i.name.starts_with("kubernetes") || i.kubernetes_api_requests.get() > 0)
+                .map(|i| (i.name.clone(), f(i)))
+                .collect::<Vec<_>>()
+        };
+        family(
+            "logferry_filter_kubernetes_meta_missing_total",
+            "counter",
+            "Records passed without pod metadata: the pod was not found in time (unknown pod, API server unreachable).",
+            kube(&|f| f.kubernetes_meta_missing.get() as i64),
+        );
+        family(
+            "logferry_filter_kubernetes_api_requests_total",
+            "counter",
+            "Requests the kubernetes filter made to the API server or kubelet.",
+            kube(&|f| f.kubernetes_api_requests.get() as i64),
+        );
     }
     let outs = |f: &dyn Fn(&crate::engine::metrics::OutputMetrics) -> i64| {
         r.outputs

