@@ -251,6 +251,12 @@ fn the_default_install_mounts_probes_and_runs_its_config() {
     assert!(c["resources"]["limits"]["memory"].as_str().is_some());
     assert!(spec.get("priorityClassName").is_none());
     assert!(kind(&docs, "ClusterRole").is_some());
+    assert!(str_at(cm, &["data", "fluent-bit.conf"]).contains("Name kubernetes"));
+    assert_eq!(str_at(c, &["env", "0", "name"]), "NODE_NAME");
+    assert_eq!(
+        str_at(c, &["env", "0", "valueFrom", "fieldRef", "fieldPath"]),
+        "spec.nodeName"
+    );
     assert_eq!(
         str_at(
             kind(&docs, "Service").unwrap(),
@@ -386,7 +392,7 @@ fn a_fluent_bit_chart_values_file_works_unchanged() {
     assert_eq!(spec["terminationGracePeriodSeconds"].as_u64(), Some(45));
     assert_eq!(str_at(c, &["image"]), "ghcr.io/logferry/logferry:0.1.0");
     assert_eq!(str_at(c, &["imagePullPolicy"]), "Always");
-    assert_eq!(str_at(c, &["env", "0", "name"]), "CLUSTER_NAME");
+    assert_eq!(str_at(c, &["env", "1", "name"]), "CLUSTER_NAME");
     assert_eq!(
         str_at(c, &["envFrom", "0", "secretRef", "name"]),
         "logging-secrets"
@@ -518,4 +524,17 @@ fn the_dockerfile_lints_clean() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_cluster_role_comes_with_the_kubernetes_filter_even_without_rbac_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_filter = render(&["rbac:\n  create: false\n"], dir.path());
+    assert!(kind(&with_filter, "ClusterRole").is_some());
+    assert!(kind(&with_filter, "ClusterRoleBinding").is_some());
+    let without = render(
+        &["rbac:\n  create: false\nconfig:\n  filters: \"\"\n"],
+        dir.path(),
+    );
+    assert!(kind(&without, "ClusterRole").is_none());
 }
