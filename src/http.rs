@@ -1,11 +1,11 @@
 //! The monitoring API on Fluent Bit's paths, so probes, dashboards and alerts keep working:
 //! `/`, `/api/v1/uptime`, `/api/v1/health`, `/api/v2/health`, `/api/v1/metrics`,
-//! `/api/v1/metrics/prometheus`, `/api/v2/metrics/prometheus` (Fluent Bit metric names, plus
+//! `/api/v1/metrics/prometheus`, `/api/v2/metrics/prometheus`, `/api/v2/reload` (Fluent Bit metric names, plus
 //! logferry's own `logferry_input_lag_bytes`, `logferry_input_files_tracked`, the parked
 //! rotated files, and the object-store outputs' uploads and spools).
 
 use std::fmt::Write;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -15,30 +15,110 @@ use axum::Router;
 use serde_json::json;
 
 use crate::engine::metrics::Registry;
+use crate::engine::reload::{ReloadHandle, Trigger};
 use crate::engine::ServiceConfig;
 
-pub async fn spawn(service: &ServiceConfig, registry: Arc<Registry>) -> anyhow::Result<()> {
-    let app = Router::new()
-        .route("/", get(root))
-        .route("/api/v1/uptime", get(uptime))
-        .route("/api/v1/health", get(health_v1))
-        .route("/api/v2/health", get(health_v2))
-        .route("/api/v1/metrics", get(metrics_json))
-        .route("/api/v1/metrics/prometheus", get(prometheus))
-        .route("/api/v2/metrics/prometheus", get(prometheus))
-        .route("/api/v2/metrics", get(prometheus))
-        .with_state(registry);
-    let addr = format!("{}:{}", service.http_listen, service.http_port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("HTTP server: cannot listen on {addr}: {e}"))?;
-    tracing::info!("HTTP server listening on {addr}");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("HTTP server stopped: {e}");
+/// What the handlers see: the running pipeline's registry (replaced on reload) and the reload
+/// state.
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<RwLock<Arc<Registry>>>,
+    reload: ReloadHandle,
+}
+
+impl AppState {
+    fn registry(&self) -> Arc<Registry> {
+        self.registry.read().expect("registry lock").clone()
+    }
+}
+
+/// The HTTP server: started once and kept across hot reloads (restarted only when the new
+/// config moves it to another address or turns it off).
+pub struct HttpServer {
+    state: AppState,
+    running: Option<(String, tokio::task::JoinHandle<()>)>,
+}
+
+impl HttpServer {
+    pub fn new(registry: Arc<Registry>, reload: ReloadHandle) -> HttpServer {
+        HttpServer {
+            state: AppState {
+                registry: Arc::new(RwLock::new(registry)),
+                reload,
+            },
+            running: None,
         }
-    });
-    Ok(())
+    }
+
+    /// Serves `registry` as the config says (`HTTP_Server`, `HTTP_Listen`, `HTTP_Port`).
+    pub async fn serve(
+        &mut self,
+        service: &ServiceConfig,
+        registry: Arc<Registry>,
+    ) -> anyhow::Result<()> {
+        *self.state.registry.write().expect("registry lock") = registry;
+        let addr = format!("{}:{}", service.http_listen, service.http_port);
+        let wanted = service.http_server.then_some(addr);
+        if self.running.as_ref().map(|(a, _)| a) == wanted.as_ref() {
+            return Ok(());
+        }
+        if let Some((_, task)) = self.running.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        let Some(addr) = wanted else {
+            return Ok(());
+        };
+        let app = Router::new()
+            .route("/", get(root))
+            .route("/api/v1/uptime", get(uptime))
+            .route("/api/v1/health", get(health_v1))
+            .route("/api/v2/health", get(health_v2))
+            .route("/api/v1/metrics", get(metrics_json))
+            .route("/api/v1/metrics/prometheus", get(prometheus))
+            .route("/api/v2/metrics/prometheus", get(prometheus))
+            .route("/api/v2/metrics", get(prometheus))
+            .route(
+                "/api/v2/reload",
+                get(reload_status).post(reload).put(reload),
+            )
+            .with_state(self.state.clone());
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("HTTP server: cannot listen on {addr}: {e}"))?;
+        tracing::info!("HTTP server listening on {addr}");
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("HTTP server stopped: {e}");
+            }
+        });
+        self.running = Some((addr, task));
+        Ok(())
+    }
+}
+
+/// Fluent Bit's answers: `{"reload":"done","status":0}`, `{"reload":"not enabled","status":-1}`,
+/// `{"reload":"in progress","status":-2}` (400).
+async fn reload(State(s): State<AppState>) -> Response {
+    let r = &s.reload;
+    if !r.enabled {
+        return axum::Json(json!({"reload": "not enabled", "status": -1})).into_response();
+    }
+    if r.in_progress.load(std::sync::atomic::Ordering::SeqCst) {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"reload": "in progress", "status": -2})),
+        )
+            .into_response();
+    }
+    r.request(Trigger::Http);
+    axum::Json(json!({"reload": "done", "status": 0})).into_response()
+}
+
+async fn reload_status(State(s): State<AppState>) -> impl IntoResponse {
+    axum::Json(
+        json!({"hot_reload_count": s.reload.count.load(std::sync::atomic::Ordering::SeqCst)}),
+    )
 }
 
 async fn root() -> impl IntoResponse {
@@ -48,7 +128,8 @@ async fn root() -> impl IntoResponse {
     }))
 }
 
-async fn uptime(State(r): State<Arc<Registry>>) -> impl IntoResponse {
+async fn uptime(State(s): State<AppState>) -> impl IntoResponse {
+    let r = s.registry();
     let secs = r.started.elapsed().as_secs();
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     axum::Json(json!({
@@ -64,7 +145,8 @@ fn healthy(r: &Registry) -> bool {
     (!r.health_check || r.health.healthy()) && r.outputs.iter().all(|o| o.store_failing.get() == 0)
 }
 
-async fn health_v1(State(r): State<Arc<Registry>>) -> Response {
+async fn health_v1(State(s): State<AppState>) -> Response {
+    let r = s.registry();
     if healthy(&r) {
         (StatusCode::OK, "ok\n").into_response()
     } else {
@@ -72,7 +154,8 @@ async fn health_v1(State(r): State<Arc<Registry>>) -> Response {
     }
 }
 
-async fn health_v2(State(r): State<Arc<Registry>>) -> Response {
+async fn health_v2(State(s): State<AppState>) -> Response {
+    let r = s.registry();
     let (errors, failures) = r.health.counts();
     let ok = healthy(&r);
     let body = json!({
@@ -94,7 +177,8 @@ async fn health_v2(State(r): State<Arc<Registry>>) -> Response {
         .into_response()
 }
 
-async fn metrics_json(State(r): State<Arc<Registry>>) -> impl IntoResponse {
+async fn metrics_json(State(s): State<AppState>) -> impl IntoResponse {
+    let r = s.registry();
     let mut input = serde_json::Map::new();
     for i in &r.inputs {
         let mut m = json!({"records": i.records.get(), "bytes": i.bytes.get()});
@@ -120,14 +204,15 @@ async fn metrics_json(State(r): State<Arc<Registry>>) -> impl IntoResponse {
     axum::Json(json!({"input": input, "filter": filter, "output": output}))
 }
 
-async fn prometheus(State(r): State<Arc<Registry>>) -> impl IntoResponse {
+async fn prometheus(State(s): State<AppState>) -> impl IntoResponse {
+    let r = s.registry();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render_prometheus(&r),
+        render_prometheus(&r, s.reload.count.load(std::sync::atomic::Ordering::SeqCst)),
     )
 }
 
-pub fn render_prometheus(r: &Registry) -> String {
+pub fn render_prometheus(r: &Registry, reloads: u64) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, i64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -419,6 +504,7 @@ pub fn render_prometheus(r: &Registry) -> String {
         cloudwatch_rows(&|o| o.events_rejected.get() as i64),
     );
     let _ = writeln!(out, "# HELP fluentbit_uptime Number of seconds that Fluent Bit has been running.\n# TYPE fluentbit_uptime counter\nfluentbit_uptime {}", r.started.elapsed().as_secs());
+    let _ = writeln!(out, "# HELP fluentbit_hot_reloaded_times Number of hot reloads.\n# TYPE fluentbit_hot_reloaded_times gauge\nfluentbit_hot_reloaded_times {reloads}");
     let _ = writeln!(out, "# HELP fluentbit_process_start_time_seconds Start time of the process since unix epoch in seconds.\n# TYPE fluentbit_process_start_time_seconds gauge\nfluentbit_process_start_time_seconds {}", r.started_unix);
     let _ = writeln!(out, "# HELP fluentbit_build_info Build version information.\n# TYPE fluentbit_build_info gauge\nfluentbit_build_info{{version=\"{}\",edition=\"logferry\"}} 1", env!("CARGO_PKG_VERSION"));
     out

@@ -42,6 +42,32 @@ struct Cli {
     /// the AWS outputs (`cloudwatch`, `cloudwatch_logs`, `s3`) are built in.
     #[arg(short = 'e', long = "plugin")]
     plugins: Vec<PathBuf>,
+    /// Reload the configuration on SIGHUP, `POST /api/v2/reload` or a change to its files
+    /// (as `[SERVICE] Hot_Reload On`).
+    #[arg(short = 'Y', long = "enable-hot-reload")]
+    hot_reload: bool,
+}
+
+/// Reads and validates the configuration: the pipeline, the document (for its warnings) and
+/// the files it came from (watched by hot reload).
+fn load(
+    config_path: &std::path::Path,
+    parsers: &[PathBuf],
+    overrides: &Overrides,
+) -> Result<(Pipeline, ConfigDocument, Vec<PathBuf>), String> {
+    let mut doc = ConfigDocument::load(config_path).map_err(|e| e.to_string())?;
+    for p in parsers {
+        doc.load_parsers_file(p, None).map_err(|e| e.to_string())?;
+    }
+    let pipeline = Pipeline::build(&doc, overrides).map_err(|e| e.to_string())?;
+    let mut files: Vec<PathBuf> = std::iter::once(config_path.to_path_buf())
+        .chain(doc.sections.iter().map(|s| PathBuf::from(&*s.origin.file)))
+        .chain(parsers.iter().cloned())
+        .filter(|f| f.as_os_str() != "<default>")
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok((pipeline, doc, files))
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -91,19 +117,6 @@ fn main() -> ExitCode {
         eprintln!("[error] no configuration file: pass -c/--config FILE");
         return ExitCode::from(1);
     };
-    let mut doc = match ConfigDocument::load(&config_path) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("[error] configuration: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    for p in &cli.parsers {
-        if let Err(e) = doc.load_parsers_file(p, None) {
-            eprintln!("[error] configuration: {e}");
-            return ExitCode::from(1);
-        }
-    }
     let mut overrides = Overrides::default();
     if let Some(f) = &cli.flush {
         match units::parse_duration(f) {
@@ -114,8 +127,8 @@ fn main() -> ExitCode {
             }
         }
     }
-    let pipeline = match Pipeline::build(&doc, &overrides) {
-        Ok(p) => p,
+    let (pipeline, doc, files) = match load(&config_path, &cli.parsers, &overrides) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("[error] configuration: {e}");
             return ExitCode::from(1);
@@ -155,7 +168,31 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!(config = %config_path.display(), "logferry {} starting", env!("CARGO_PKG_VERSION"));
-    let result = runtime.block_on(pipeline.run());
+    let hot_reload = cli.hot_reload || pipeline.service.hot_reload;
+    let (path, parsers) = (config_path.clone(), cli.parsers.clone());
+    let loader: logferry::engine::reload::Loader = Box::new(move || {
+        let (pipeline, doc, files) = load(&path, &parsers, &overrides)?;
+        for w in &doc.warnings {
+            tracing::warn!("[env] {w}");
+        }
+        Ok((pipeline, files))
+    });
+    let mut reloader = logferry::engine::reload::Reloader::new(hot_reload, loader, files);
+    let result = runtime.block_on(async {
+        reloader.start()?;
+        let mut http =
+            logferry::http::HttpServer::new(pipeline.registry.clone(), reloader.handle.clone());
+        let mut pipeline = pipeline;
+        loop {
+            match pipeline.run(&mut http, &mut reloader).await? {
+                Some(next) => {
+                    pipeline = next;
+                    reloader.done();
+                }
+                None => return anyhow::Ok(()),
+            }
+        }
+    });
     // Blocking tasks still running (a stuck upload, a slow disk) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {

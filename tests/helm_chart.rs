@@ -447,10 +447,8 @@ fn a_fluent_bit_chart_values_file_works_unchanged() {
 }
 
 #[test]
-fn unsupported_values_stop_the_install_with_a_reason() {
+fn a_deployment_kind_stops_the_install_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let err = try_render(&["hotReload:\n  enabled: true\n"], dir.path()).unwrap_err();
-    assert!(err.contains("hot reload is not available"), "{err}");
     let err = try_render(&["kind: Deployment\n"], dir.path()).unwrap_err();
     assert!(err.contains("runs as a DaemonSet"), "{err}");
 }
@@ -524,6 +522,32 @@ fn the_dockerfile_lints_clean() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn hot_reload_replaces_the_rollout_on_config_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = render(&["hotReload:\n  enabled: true\n"], dir.path());
+    validate(&docs, dir.path());
+    let args: Vec<&str> = container(&docs)["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--enable-hot-reload"), "{args:?}");
+    assert!(args.contains(&"--config=/fluent-bit/etc/conf/fluent-bit.conf"));
+    // The agent reloads the mounted ConfigMap itself: no checksum, so no rollout, and no
+    // reloader sidecar.
+    assert_eq!(checksum(&docs), None);
+    assert_eq!(
+        daemonset(&docs)["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .unwrap()
+            .len(),
+        1
+    );
+    dry_run(&docs, dir.path(), &[]);
 }
 
 #[test]

@@ -11,6 +11,7 @@
 
 pub mod ack;
 pub mod metrics;
+pub mod reload;
 pub mod router;
 
 use std::collections::HashMap;
@@ -146,6 +147,8 @@ pub struct ServiceConfig {
     pub hc_period: Duration,
     pub storage_path: Option<String>,
     pub backoff: outputs::Backoff,
+    /// `Hot_Reload` (also `--enable-hot-reload`).
+    pub hot_reload: bool,
 }
 
 impl ServiceConfig {
@@ -197,6 +200,7 @@ impl ServiceConfig {
                 base: p.int("scheduler.base", 5)?.max(1) as u64,
                 cap: p.int("scheduler.cap", 2000)?.max(1) as u64,
             },
+            hot_reload: p.bool("hot_reload", false)?,
         };
         p.all("parsers_file");
         p.accept(&[
@@ -207,7 +211,8 @@ impl ServiceConfig {
             "storage.metrics",
             "storage.max_chunks_up",
             "storage.backlog.mem_limit",
-            "hot_reload",
+            "hot_reload.ensure_thread_safety",
+            "hot_reload.timeout",
             "coro_stack_size",
         ]);
         p.finish("service")?;
@@ -378,7 +383,13 @@ impl Pipeline {
 
     /// Runs until SIGTERM/SIGINT (or every input finished, e.g. `Exit_On_Eof`), then shuts down
     /// within `Grace`.
-    pub async fn run(self) -> anyhow::Result<()> {
+    /// Runs until a signal, an input's end or failure (`Ok(None)` / `Err`), or a hot reload
+    /// whose config loaded (`Ok(Some(next))`, after this pipeline stopped as on SIGTERM).
+    pub async fn run(
+        self,
+        http: &mut crate::http::HttpServer,
+        reloader: &mut reload::Reloader,
+    ) -> anyhow::Result<Option<Pipeline>> {
         let Pipeline {
             service,
             registry,
@@ -393,9 +404,7 @@ impl Pipeline {
         for (runner, rx) in outputs {
             output_tasks.push(tokio::spawn(runner.run(rx, hard_stop_rx.clone())));
         }
-        if service.http_server {
-            crate::http::spawn(&service, registry.clone()).await?;
-        }
+        http.serve(&service, registry.clone()).await?;
         let stop = Arc::new(AtomicBool::new(false));
         // Each input thread reports its end: `Err` carries why it died.
         let (finished_tx, mut finished_rx) =
@@ -450,7 +459,12 @@ impl Pipeline {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut failure: Option<String> = None;
         let mut ended = 0usize;
+        let mut next: Option<Pipeline> = None;
         tokio::select! {
+            pipeline = reloader.next() => {
+                tracing::info!("the new configuration is valid: stopping inputs, flushing within Grace {}s, then starting it", service.grace.as_secs());
+                next = Some(pipeline);
+            }
             _ = sigterm.recv() => tracing::info!("SIGTERM received: stopping inputs, flushing within Grace {}s", service.grace.as_secs()),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received: stopping inputs, flushing within Grace {}s", service.grace.as_secs()),
             report = finished_rx.recv() => match report {
@@ -518,7 +532,7 @@ impl Pipeline {
         }
         match failure {
             Some(f) => Err(anyhow::anyhow!(f)),
-            None => Ok(()),
+            None => Ok(next),
         }
     }
 }
