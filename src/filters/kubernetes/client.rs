@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -114,7 +114,7 @@ impl PodMeta {
 }
 
 /// How the client reaches the API server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
     pub url: String,
     pub ca_file: PathBuf,
@@ -153,19 +153,41 @@ pub struct MetaCache {
     state: Mutex<State>,
     changed: Condvar,
     config: ClientConfig,
-    metrics: Arc<FilterMetrics>,
+    /// The filter's metrics (replaced when a reloaded pipeline takes the cache over).
+    metrics: Mutex<Arc<FilterMetrics>>,
     started: std::sync::Once,
 }
 
+/// Caches alive, so a hot reload that keeps the filter's settings keeps its cache (and its
+/// watch): pods deleted before the reload keep their metadata for their grace period.
+static CACHES: Mutex<Vec<Weak<MetaCache>>> = Mutex::new(Vec::new());
+
 impl MetaCache {
-    pub fn new(config: ClientConfig, metrics: Arc<FilterMetrics>) -> Arc<MetaCache> {
-        Arc::new(MetaCache {
+    /// The cache for `config`: the running one with the same settings, else a new one.
+    pub fn shared(config: ClientConfig, metrics: Arc<FilterMetrics>) -> Arc<MetaCache> {
+        let mut caches = CACHES.lock().expect("kubernetes caches lock");
+        caches.retain(|c| c.strong_count() > 0);
+        if let Some(cache) = caches
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|c| c.config == config)
+        {
+            *cache.metrics.lock().expect("metrics lock") = metrics;
+            return cache;
+        }
+        let cache = Arc::new(MetaCache {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             config,
-            metrics,
+            metrics: Mutex::new(metrics),
             started: std::sync::Once::new(),
-        })
+        });
+        caches.push(Arc::downgrade(&cache));
+        cache
+    }
+
+    fn metrics(&self) -> Arc<FilterMetrics> {
+        self.metrics.lock().expect("metrics lock").clone()
     }
 
     fn watching(&self) -> bool {
@@ -259,7 +281,8 @@ impl MetaCache {
 
     fn start(self: &Arc<Self>) {
         self.started.call_once(|| {
-            let cache = self.clone();
+            let cache = Arc::downgrade(self);
+            let config = self.config.clone();
             let spawned = std::thread::Builder::new()
                 .name("kubernetes-meta".into())
                 .spawn(move || {
@@ -267,7 +290,7 @@ impl MetaCache {
                         .enable_all()
                         .build()
                         .expect("tokio runtime for kubernetes metadata");
-                    runtime.block_on(Worker::new(cache).run());
+                    runtime.block_on(Worker::new(cache, config).run());
                 });
             if let Err(e) = spawned {
                 tracing::error!("kubernetes filter: cannot start its metadata thread: {e}");
@@ -389,16 +412,18 @@ fn bound(state: &mut State) {
 #[derive(Debug)]
 struct RequestError(String);
 
+/// Holds the cache weakly: when no pipeline uses it any more, the thread ends.
 struct Worker {
-    cache: Arc<MetaCache>,
+    cache: Weak<MetaCache>,
+    config: ClientConfig,
     http: Option<reqwest::Client>,
     /// Errors are logged when they change, not on every retry.
     last_error: Option<String>,
 }
 
 impl Worker {
-    fn new(cache: Arc<MetaCache>) -> Worker {
-        let http = match build_client(&cache.config) {
+    fn new(cache: Weak<MetaCache>, config: ClientConfig) -> Worker {
+        let http = match build_client(&config) {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!("kubernetes filter: {e}; records pass without pod metadata");
@@ -407,6 +432,7 @@ impl Worker {
         };
         Worker {
             cache,
+            config,
             http,
             last_error: None,
         }
@@ -416,7 +442,7 @@ impl Worker {
         match result {
             Ok(()) => {
                 if self.last_error.take().is_some() {
-                    tracing::info!(url = %self.cache.config.url, "kubernetes filter: API server reachable again");
+                    tracing::info!(url = %self.config.url, "kubernetes filter: API server reachable again");
                 }
             }
             Err(RequestError(e)) => {
@@ -432,56 +458,66 @@ impl Worker {
         if self.http.is_none() {
             return;
         }
-        let watching = self.cache.watching();
+        let watching = self.config.node_name.is_some() && self.config.kubelet.is_none();
         if watching {
-            let cache = self.cache.clone();
+            let (cache, config) = (self.cache.clone(), self.config.clone());
             let http = self.http.clone().expect("checked above");
-            tokio::spawn(async move { watch_loop(cache, http).await });
+            tokio::spawn(async move { watch_loop(cache, config, http).await });
         }
         let mut last_kubelet_poll: Option<Instant> = None;
         loop {
-            let cache = self.cache.clone();
+            let Some(cache) = self.cache.upgrade() else {
+                return;
+            };
+            let waiting = cache.clone();
             let wanted =
-                tokio::task::spawn_blocking(move || cache.next_wanted(Duration::from_secs(5)))
+                tokio::task::spawn_blocking(move || waiting.next_wanted(Duration::from_secs(5)))
                     .await
                     .unwrap_or_default();
             for (namespace, pod) in wanted {
                 let result = if pod.is_empty() {
-                    self.fetch_namespace(&namespace).await
+                    self.fetch_namespace(&cache, &namespace).await
                 } else if watching {
                     Ok(())
-                } else if self.cache.config.kubelet.is_some() {
+                } else if self.config.kubelet.is_some() {
                     if last_kubelet_poll.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
                         continue;
                     }
                     last_kubelet_poll = Some(Instant::now());
-                    self.poll_kubelet().await
+                    self.poll_kubelet(&cache).await
                 } else {
-                    self.fetch_pod(&namespace, &pod).await
+                    self.fetch_pod(&cache, &namespace, &pod).await
                 };
                 self.report(result);
             }
         }
     }
 
-    async fn fetch_pod(&self, namespace: &str, pod: &str) -> Result<(), RequestError> {
+    async fn fetch_pod(
+        &self,
+        cache: &MetaCache,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<(), RequestError> {
         let url = format!(
             "{}/api/v1/namespaces/{namespace}/pods/{pod}",
-            self.cache.config.url
+            self.config.url
         );
-        if let Some(json) = get_json(&self.cache, self.http.as_ref().expect("client"), &url).await?
-        {
-            self.cache.store(namespace, pod, PodMeta::from_json(&json));
+        if let Some(json) = get_json(cache, self.http.as_ref().expect("client"), &url).await? {
+            cache.store(namespace, pod, PodMeta::from_json(&json));
         }
         Ok(())
     }
 
-    async fn fetch_namespace(&self, namespace: &str) -> Result<(), RequestError> {
-        let url = format!("{}/api/v1/namespaces/{namespace}", self.cache.config.url);
-        if let Some(json) = get_json(&self.cache, self.http.as_ref().expect("client"), &url).await?
-        {
+    async fn fetch_namespace(
+        &self,
+        cache: &MetaCache,
+        namespace: &str,
+    ) -> Result<(), RequestError> {
+        let url = format!("{}/api/v1/namespaces/{namespace}", self.config.url);
+        if let Some(json) = get_json(cache, self.http.as_ref().expect("client"), &url).await? {
             let meta = PodMeta::from_json(&json);
-            self.cache.store_namespace(
+            cache.store_namespace(
                 namespace,
                 NamespaceMeta {
                     labels: meta.labels,
@@ -492,14 +528,13 @@ impl Worker {
         Ok(())
     }
 
-    async fn poll_kubelet(&self) -> Result<(), RequestError> {
-        let base = self.cache.config.kubelet.as_deref().expect("kubelet mode");
+    async fn poll_kubelet(&self, cache: &MetaCache) -> Result<(), RequestError> {
+        let base = self.config.kubelet.as_deref().expect("kubelet mode");
         let url = format!("{base}/pods");
-        let Some(list) = get_json(&self.cache, self.http.as_ref().expect("client"), &url).await?
-        else {
+        let Some(list) = get_json(cache, self.http.as_ref().expect("client"), &url).await? else {
             return Ok(());
         };
-        self.cache.replace_all(pods_of(&list, None));
+        cache.replace_all(pods_of(&list, None));
         Ok(())
     }
 }
@@ -553,7 +588,7 @@ fn token(config: &ClientConfig) -> Option<String> {
 }
 
 fn request(cache: &MetaCache, http: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
-    cache.metrics.kubernetes_api_requests.add(1);
+    cache.metrics().kubernetes_api_requests.add(1);
     let mut req = http.get(url).header("Accept", "application/json");
     if let Some(t) = token(&cache.config) {
         req = req.bearer_auth(t);
@@ -610,17 +645,25 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// LIST then WATCH this node's pods, forever; re-LIST when the watch cannot resume.
-async fn watch_loop(cache: Arc<MetaCache>, http: reqwest::Client) {
-    let node = cache.config.node_name.clone().expect("watch mode");
+async fn watch_loop(cache: Weak<MetaCache>, config: ClientConfig, http: reqwest::Client) {
+    let node = config.node_name.clone().expect("watch mode");
     let selector = format!("spec.nodeName={node}");
-    let base = format!("{}/api/v1/pods", cache.config.url);
+    let base = format!("{}/api/v1/pods", config.url);
     let mut backoff = Duration::from_millis(500);
     let mut last_error: Option<String> = None;
+    // The resourceVersion to resume from; None: LIST first.
+    let mut version: Option<String> = None;
     loop {
-        let result = list_and_watch(&cache, &http, &base, &selector, &node).await;
+        // No pipeline uses the cache any more (a reload changed the filter's settings).
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let result = list_and_watch(&cache, &http, &base, &selector, &node, &mut version).await;
+        drop(cache);
         match result {
             Ok(()) => backoff = Duration::from_millis(500),
             Err(RequestError(e)) => {
+                version = None;
                 if last_error.as_deref() != Some(e.as_str()) {
                     tracing::warn!(node = %node, "kubernetes filter: pod watch failed: {e}; retrying, records pass without metadata for pods not yet seen");
                     last_error = Some(e);
@@ -636,24 +679,32 @@ async fn watch_loop(cache: Arc<MetaCache>, http: reqwest::Client) {
     }
 }
 
+/// LISTs when there is no version to resume from, then follows one WATCH stream to its end
+/// (server timeout, load balancer); `version` keeps the last version seen, or None after an
+/// `ERROR` event (410 Gone: too old to resume from).
 async fn list_and_watch(
     cache: &MetaCache,
     http: &reqwest::Client,
     base: &str,
     selector: &str,
     node: &str,
+    resume: &mut Option<String>,
 ) -> Result<(), RequestError> {
-    let list_url = format!("{base}?fieldSelector={}", encode(selector));
-    let list = get_json(cache, http, &list_url)
-        .await?
-        .ok_or_else(|| RequestError(format!("GET {base}: HTTP 404")))?;
-    let mut version = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    cache.replace_all(pods_of(&list, Some(node)));
-    // Watches end (server timeout, load balancer); resume from the last version seen.
-    loop {
+    let mut version = match resume.take() {
+        Some(v) => v,
+        None => {
+            let list_url = format!("{base}?fieldSelector={}", encode(selector));
+            let list = get_json(cache, http, &list_url)
+                .await?
+                .ok_or_else(|| RequestError(format!("GET {base}: HTTP 404")))?;
+            cache.replace_all(pods_of(&list, Some(node)));
+            list["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    {
         let url = format!(
             "{base}?watch=true&allowWatchBookmarks=true&timeoutSeconds=300&fieldSelector={}&resourceVersion={}",
             encode(selector),
@@ -707,6 +758,8 @@ async fn list_and_watch(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+    *resume = Some(version);
+    Ok(())
 }
 
 /// Percent-encodes a query value (the selector's `=`, a version's characters).

@@ -174,7 +174,7 @@ impl Kubernetes {
             namespace_labels,
             namespace_annotations,
             parsers: parsers.clone(),
-            cache: MetaCache::new(config, metrics.clone()),
+            cache: MetaCache::shared(config, metrics.clone()),
             metrics,
         })
     }
