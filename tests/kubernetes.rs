@@ -414,3 +414,56 @@ fn https_with_the_cluster_ca_and_a_rotated_token() {
         "the token must never be logged: {log}"
     );
 }
+
+#[test]
+fn use_kubelet_reads_the_nodes_pod_list_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, crt, key) = test_pki(dir.path());
+    let data = dir.path().join("api");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("token"), "kubelet-token").unwrap();
+    let token_file = dir.path().join("sa-token");
+    std::fs::write(&token_file, "kubelet-token").unwrap();
+    let list = json!({"kind": "PodList", "items": [
+        pod("batch", "job-1", "node-1", json!({})),
+        pod("batch", "job-2", "node-1", json!({})),
+    ]});
+    std::fs::write(data.join("kubelet-pods.json"), list.to_string()).unwrap();
+    let (_kubelet, port) = https_fixture(&data, &crt, &key);
+    let logs = dir.path().join("containers");
+    std::fs::create_dir_all(&logs).unwrap();
+    for name in ["job-1", "job-2"] {
+        append_numbered(&log_file(&logs, "batch", name), name, 0, 40);
+    }
+    let api = free_port();
+    let cfg = config(
+        dir.path(),
+        &logs,
+        api,
+        &format!(
+            "    Use_Kubelet On\n    Kubelet_Host 127.0.0.1\n    Kubelet_Port {port}\n    Kube_CA_File {}\n    Kube_Token_File {}\n",
+            ca.display(),
+            token_file.display()
+        ),
+    );
+    let _agent = Agent::start_custom(dir.path(), &cfg, |c| {
+        c.env("NODE_NAME", "node-1");
+    });
+    wait_until(Duration::from_secs(60), "both pods' lines", || {
+        records(dir.path()).len() == 80
+    });
+    for r in records(dir.path()) {
+        let pod = r["kubernetes"]["pod_name"].as_str().unwrap().to_string();
+        assert_eq!(r["kubernetes"]["labels"]["app"], pod, "{r}");
+        assert_eq!(r["kubernetes"]["namespace_name"], "batch");
+    }
+    let served = std::fs::read_to_string(data.join("requests.log")).unwrap();
+    assert!(
+        served.lines().all(|l| l == "200 /pods"),
+        "only the kubelet was asked: {served}"
+    );
+    assert_eq!(
+        metric(api, "logferry_filter_kubernetes_meta_missing_total"),
+        0
+    );
+}

@@ -1,7 +1,8 @@
 """An HTTPS Kubernetes API fixture for the kubernetes filter's TLS and token handling.
   python kube_https.py PORT CERT KEY DATA_DIR
 Serves GET /api/v1/namespaces/<ns>/pods/<pod> from DATA_DIR/pods/<ns>_<pod>.json and
-GET /api/v1/namespaces/<ns> from DATA_DIR/namespaces/<ns>.json, only to requests whose
+GET /api/v1/namespaces/<ns> from DATA_DIR/namespaces/<ns>.json and the kubelet's GET /pods from
+DATA_DIR/kubelet-pods.json, only to requests whose
 `Authorization` is `Bearer <contents of DATA_DIR/token>` (read per request, so a test can rotate
 it); 401 otherwise. Every request is appended to DATA_DIR/requests.log as "<status> <path>".
 """
@@ -33,6 +34,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             path = os.path.join(DATA, "pods", f"{parts[3]}_{parts[5]}.json")
         elif parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 4:
             path = os.path.join(DATA, "namespaces", f"{parts[3]}.json")
+        elif parts == ["pods"]:
+            path = os.path.join(DATA, "kubelet-pods.json")
         else:
             path = None
         if path and os.path.exists(path):
