@@ -16,6 +16,8 @@ FROM debian:bookworm-slim
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/logferry /fluent-bit/bin/fluent-bit
+# `logferry healthcheck` as an exec probe, under either name.
+RUN ln -s /fluent-bit/bin/fluent-bit /usr/local/bin/logferry
 COPY conf/parsers.conf conf/fluent-bit.conf /fluent-bit/etc/
 COPY conf/output-metrics-healthcheck.conf /fluent-bit/configs/
 EXPOSE 2020
