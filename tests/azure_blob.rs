@@ -162,26 +162,31 @@ fn sas_block_blobs_with_fluent_bit_names() {
     }
 }
 
-/// At the block limit (lowered to 3 with 1 KiB blocks) an append blob is continued in
-/// `<name>.1`, `<name>.2`, …: no block is refused, every line is there once and in order.
+/// At the block limit (lowered to 3, with 2 KB blocks: each upload window takes 2) an append
+/// blob is continued in `<name>.1`, `<name>.2`, …: no block is refused, each blob holds whole
+/// upload windows, and every line is there once and in order.
 #[test]
 fn append_blob_rolls_over_at_the_block_limit() {
     let dir = tempfile::tempdir().unwrap();
     let (host, reader) = azurite();
     let container = unique("roll");
     let log = dir.path().join("c.log");
-    append_numbered(&log, "r", 0, 100);
     let cfg = config(
         dir.path(),
         &format!(
-            "{}    append_block_limit 3\n    block_size 1K\n",
+            "{}    append_block_limit 3\n    block_size 2K\n",
             key_auth(&host, &container)
         ),
     );
-    let agent = Agent::start(dir.path(), &cfg);
-    wait_until(T, "all lines", || reader.logs(&container, "").len() >= 100);
+    let agent = Agent::start_tailing(dir.path(), &cfg);
+    for window in 0..4 {
+        append_numbered(&log, "r", window * 40, 40);
+        wait_until(T, "the window uploaded", || {
+            reader.logs(&container, "").len() >= (window + 1) * 40
+        });
+    }
     let blobs = reader.list(&container, "");
-    assert!(blobs.len() >= 3, "{blobs:?}");
+    assert!(blobs.len() >= 2, "{blobs:?}");
     for (i, b) in blobs.iter().enumerate() {
         let expected = if i == 0 {
             TAG.to_string()
@@ -190,11 +195,12 @@ fn append_blob_rolls_over_at_the_block_limit() {
         };
         assert_eq!(b.name, expected);
         assert!(reader.committed_blocks(&container, &b.name) <= 3);
+        let body = reader.get(&container, &b.name);
+        assert!(body.ends_with(b"\n"), "{} ends in a part of a line", b.name);
     }
-    // Read in generation order (names sort as <tag>, <tag>.1, … up to 9 here).
     let logs = reader.logs(&container, "");
-    assert_eq!(logs.len(), 100);
-    assert_eq!(assert_all_present(&logs, "r", 100), 0);
+    assert_eq!(logs.len(), 160);
+    assert_eq!(assert_all_present(&logs, "r", 160), 0);
     let mut sorted = logs.clone();
     sorted.sort();
     assert_eq!(logs, sorted, "order kept across blobs");

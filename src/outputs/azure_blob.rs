@@ -112,10 +112,10 @@ pub fn build(
         ));
     }
     let block_size = p.size("block_size", BLOCK_SIZE)?;
-    if !(1024..=BLOCK_SIZE).contains(&block_size) {
+    if !(512..=BLOCK_SIZE).contains(&block_size) {
         return Err(ConfigError::key(
             p.prop("block_size").expect("default is valid"),
-            "block_size must be between 1K and 4M (4,194,304 bytes)",
+            "block_size must be between 512 bytes and 4,194,304 bytes (4 MiB)",
         ));
     }
 

@@ -157,11 +157,19 @@ impl BlobReader {
             .unwrap()
     }
 
-    /// The `log` values of every blob under `prefix`, in name order.
+    /// The `log` values of every blob under `prefix`, in name order. A plain blob being
+    /// appended to may end in a part of a line (a block boundary): that part is left out.
     pub fn logs(&self, container: &str, prefix: &str) -> Vec<String> {
         self.list(container, prefix)
             .iter()
-            .flat_map(|b| super::object_logs(&self.get(container, &b.name)))
+            .flat_map(|b| {
+                let mut body = self.get(container, &b.name);
+                if body.first() == Some(&b'{') {
+                    let whole = body.iter().rposition(|c| *c == b'\n').map_or(0, |i| i + 1);
+                    body.truncate(whole);
+                }
+                super::object_logs(&body)
+            })
             .collect()
     }
 }

@@ -4,9 +4,9 @@
 //! Invariant 1: every block lands once. An Append Block carries the position it must land at
 //! (`x-ms-blob-condition-appendpos`), computed from the blob's length saved in the upload state
 //! before the chunk's first block; a retry or a resume after kill -9 reads the blob's length
-//! and goes on after the blocks that already landed. Before an append blob reaches its block
-//! limit (50,000) the chunk goes on in the next blob, `<name>.1`, `<name>.2`, …, so nothing is
-//! refused for `BlockCountExceedsLimit`. Block blobs stage blocks with ids saved in the upload
+//! and goes on after the blocks that already landed. A chunk that would take an append blob
+//! past its block limit (50,000) goes to the next blob, `<name>.1`, `<name>.2`, …, so nothing
+//! is refused for `BlockCountExceedsLimit` and each blob holds whole chunks (whole lines). Block blobs stage blocks with ids saved in the upload
 //! state and commit them with `If-None-Match: *`; a commit that found the blob already there
 //! checks the upload token in the blob's metadata, so a commit whose answer was lost is not
 //! made twice under another name.
@@ -429,9 +429,14 @@ impl AzureStore {
         }
     }
 
-    /// The append blob of `key` with room for another block: `<key>`, else `<key>.1`, … (the
-    /// first that is missing is created). Returns its name and properties.
-    async fn current_append_blob(&self, key: &str) -> Result<(String, BlobProps), StoreError> {
+    /// The append blob of `key` with room for `needed` more blocks: `<key>`, else `<key>.1`, …
+    /// (the first that is missing is created; an empty one takes any chunk). Returns its name
+    /// and properties.
+    async fn current_append_blob(
+        &self,
+        key: &str,
+        needed: u64,
+    ) -> Result<(String, BlobProps), StoreError> {
         let mut generation = *self
             .generations
             .lock()
@@ -461,7 +466,9 @@ impl AzureStore {
                     ),
                 ));
             }
-            if props.committed_blocks < self.append_block_limit {
+            if props.committed_blocks == 0
+                || props.committed_blocks + needed <= self.append_block_limit
+            {
                 self.generations
                     .lock()
                     .expect("generations lock")
@@ -469,6 +476,7 @@ impl AzureStore {
                 return Ok((name, props));
             }
             generation += 1;
+            tracing::info!(account = %self.account, container = %self.container, blob = %name, committed_blocks = props.committed_blocks, limit = self.append_block_limit, next = %Self::generation_name(key, generation), "append blob has no room for the next chunk's blocks: continuing in the next blob");
         }
     }
 
@@ -504,9 +512,12 @@ impl AzureStore {
                 .save(state_path)
                 .map_err(|e| io_err("saving upload state", e))
         };
+        // A chunk goes whole into one blob when it fits (readers see whole lines per blob);
+        // only a chunk larger than a whole blob's block limit is split across blobs.
         let (mut target, props) = match state.append_target.clone() {
             None => {
-                let (blob, props) = self.current_append_blob(key).await?;
+                let needed = size.div_ceil(self.block_size);
+                let (blob, props) = self.current_append_blob(key, needed).await?;
                 let target = AppendTarget {
                     blob,
                     base: props.len,
@@ -557,8 +568,8 @@ impl AzureStore {
         let mut blocks = props.committed_blocks;
         while offset < size {
             if blocks >= self.append_block_limit {
-                let (blob, next) = self.current_append_blob(key).await?;
-                tracing::info!(account = %self.account, container = %self.container, from = %target.blob, to = %blob, "append blob reached its block limit: continuing in the next blob");
+                let needed = (size - offset).div_ceil(self.block_size);
+                let (blob, next) = self.current_append_blob(key, needed).await?;
                 target = AppendTarget {
                     blob,
                     base: next.len,
