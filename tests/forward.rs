@@ -486,7 +486,6 @@ fn docker_partial_lines_are_rejoined_and_driver_fields_kept() {
 
 // ---- the `forward` output: logferry → logferry ----
 
-
 /// An aggregator: a `forward` input (TLS and Shared_Key when given) into the local-directory
 /// `s3` output under `dir/store`, spooling in `dir/spool`.
 fn aggregator_config(dir: &Path, port: u16, secure: &str) -> PathBuf {

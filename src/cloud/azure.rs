@@ -12,6 +12,7 @@
 //!   refuses an `http://` `AZURE_AUTHORITY_HOST` (local identity proxies, tests) and caches the
 //!   federated token file for minutes; here the file is read on every token request, so a
 //!   rotated projected token is used at the next refresh. It is one form POST.
+//!
 //! Managed identity (IMDS) goes through `azure_identity`'s `ManagedIdentityCredential`.
 
 use std::path::{Path, PathBuf};
@@ -70,13 +71,20 @@ pub fn http_client(tls: rustls::ClientConfig) -> reqwest::Client {
 /// What the config asked for; no I/O until [`AuthSpec::build`].
 #[derive(Clone)]
 pub enum AuthSpec {
-    SharedKey { account: String, key: Vec<u8> },
+    SharedKey {
+        account: String,
+        key: Vec<u8>,
+    },
     Sas(String),
     Workload(WorkloadSpec),
-    Managed { client_id: Option<String> },
+    Managed {
+        client_id: Option<String>,
+    },
     /// Workload identity when its environment is there (`AZURE_FEDERATED_TOKEN_FILE`), else
     /// managed identity: the production half of the SDK's default chain.
-    Default { client_id: Option<String> },
+    Default {
+        client_id: Option<String>,
+    },
 }
 
 #[derive(Clone)]
@@ -354,7 +362,10 @@ async fn exchange(
     }
     let token = json["access_token"].as_str().ok_or_else(|| TokenError {
         permanent: false,
-        message: format!("{}: the token endpoint {url} returned no access_token", who()),
+        message: format!(
+            "{}: the token endpoint {url} returned no access_token",
+            who()
+        ),
     })?;
     let expires_in = json["expires_in"]
         .as_u64()
@@ -413,8 +424,10 @@ pub fn shared_key_authorization(
         get("if-unmodified-since"),
         get("range"),
     );
-    let mut ms: Vec<&(String, String)> =
-        headers.iter().filter(|(n, _)| n.starts_with("x-ms-")).collect();
+    let mut ms: Vec<&(String, String)> = headers
+        .iter()
+        .filter(|(n, _)| n.starts_with("x-ms-"))
+        .collect();
     ms.sort();
     for (n, v) in ms {
         text.push_str(&format!("{n}:{}\n", v.trim()));

@@ -132,7 +132,8 @@ pub fn build(
     let https = base_url.starts_with("https://");
     if !https && !base_url.starts_with("http://") {
         return Err(ConfigError::key(
-            p.prop("endpoint").expect("only a set endpoint can be wrong"),
+            p.prop("endpoint")
+                .expect("only a set endpoint can be wrong"),
             "endpoint must be an http:// or https:// URL",
         ));
     }
@@ -144,8 +145,8 @@ pub fn build(
         }
     }
     let ca_file = p.prop("tls.ca_file");
-    let tls = tls_config(ca_file.map(|c| std::path::Path::new(&c.value)))
-        .map_err(|e| match ca_file {
+    let tls =
+        tls_config(ca_file.map(|c| std::path::Path::new(&c.value))).map_err(|e| match ca_file {
             Some(c) => ConfigError::key(c, e),
             None => ConfigError::key(p.required("account_name").expect("checked above"), e),
         })?;

@@ -72,7 +72,10 @@ impl BlobReader {
             url.push_str(&format!("{k}={v}"));
         }
         block_on(async {
-            let mut r = self.http.request(method, &url).header("authorization", auth);
+            let mut r = self
+                .http
+                .request(method, &url)
+                .header("authorization", auth);
             for (k, v) in &headers {
                 r = r.header(k.as_str(), v.as_str());
             }
@@ -106,7 +109,11 @@ impl BlobReader {
         let (status, _, body) = self.call(
             reqwest::Method::GET,
             &format!("/{container}"),
-            &[("comp", "list"), ("prefix", prefix), ("restype", "container")],
+            &[
+                ("comp", "list"),
+                ("prefix", prefix),
+                ("restype", "container"),
+            ],
         );
         if status == 404 {
             return Vec::new();
@@ -116,7 +123,9 @@ impl BlobReader {
         let tag = |s: &str, t: &str| -> String {
             let open = format!("<{t}>");
             let start = s.find(&open).map(|i| i + open.len()).unwrap_or(0);
-            let end = s[start..].find(&format!("</{t}>")).map_or(start, |e| start + e);
+            let end = s[start..]
+                .find(&format!("</{t}>"))
+                .map_or(start, |e| start + e);
             s[start..end].to_string()
         };
         let mut out: Vec<BlobInfo> = text
@@ -133,22 +142,16 @@ impl BlobReader {
     }
 
     pub fn get(&self, container: &str, blob: &str) -> Vec<u8> {
-        let (status, _, body) = self.call(
-            reqwest::Method::GET,
-            &format!("/{container}/{blob}"),
-            &[],
-        );
+        let (status, _, body) =
+            self.call(reqwest::Method::GET, &format!("/{container}/{blob}"), &[]);
         assert_eq!(status, 200, "get {blob}");
         body
     }
 
     /// The blob's committed block count (append blobs).
     pub fn committed_blocks(&self, container: &str, blob: &str) -> u64 {
-        let (status, headers, _) = self.call(
-            reqwest::Method::HEAD,
-            &format!("/{container}/{blob}"),
-            &[],
-        );
+        let (status, headers, _) =
+            self.call(reqwest::Method::HEAD, &format!("/{container}/{blob}"), &[]);
         assert_eq!(status, 200, "head {blob}");
         headers["x-ms-blob-committed-block-count"]
             .to_str()
@@ -218,7 +221,10 @@ impl EntraAzurite {
             .spawn()
             .unwrap();
         let idp = Command::new("node")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/entra_idp.mjs"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/peers/entra_idp.mjs"
+            ))
             .arg(idp_port.to_string())
             .arg(TENANT)
             .arg(&control)
@@ -234,10 +240,14 @@ impl EntraAzurite {
             authority: format!("http://127.0.0.1:{idp_port}/"),
             control,
         };
-        super::wait_until(Duration::from_secs(60), "HTTPS Azurite and the IdP up", || {
-            std::net::TcpStream::connect(("127.0.0.1", blob_port)).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", idp_port)).is_ok()
-        });
+        super::wait_until(
+            Duration::from_secs(60),
+            "HTTPS Azurite and the IdP up",
+            || {
+                std::net::TcpStream::connect(("127.0.0.1", blob_port)).is_ok()
+                    && std::net::TcpStream::connect(("127.0.0.1", idp_port)).is_ok()
+            },
+        );
         fixture
     }
 

@@ -542,7 +542,10 @@ impl AzureStore {
                     None => {
                         return Err(StoreError::new(
                             ErrorKind::Conflict,
-                            format!("{}: the blob disappeared during the append", self.where_(Some(&target.blob))),
+                            format!(
+                                "{}: the blob disappeared during the append",
+                                self.where_(Some(&target.blob))
+                            ),
                         ))
                     }
                 };
