@@ -406,8 +406,10 @@ fn refused_expired_and_wrong_audience_tokens_keep_the_data() {
     assert_eq!(logs.len(), 300);
 }
 
-/// Union's DaemonSet ConfigMap with its output swapped for `azure_blob` (block blobs under
-/// `persisted-logs`, workload identity): every line lands once under `persisted-logs/`.
+/// `deploy/azure/fluentbit-configmap.yaml` (Union's DaemonSet ConfigMap with its output swapped
+/// for `azure_blob` with workload identity), run with only its host paths moved under a temp
+/// dir, `upload_timeout` shortened and Azurite's endpoint and test CA added: every line lands
+/// once in `persisted-logs/<tag>`, one append blob per container.
 #[test]
 fn union_configmap_on_azure_with_workload_identity() {
     let dir = tempfile::tempdir().unwrap();
@@ -418,16 +420,52 @@ fn union_configmap_on_azure_with_workload_identity() {
     let token_file = d.join("token");
     std::fs::write(&token_file, "projected-sa-token").unwrap();
     fixture.control(r#"{"accept":["projected-sa-token"]}"#);
-    std::fs::create_dir_all(d.join("containers")).unwrap();
-    let cfg = write_config(
-        d,
-        "fluent-bit.conf",
-        &format!(
-            "[SERVICE]\n    Grace 20\n[INPUT]\n    Name tail\n    Tag namespace-<namespace_name>.pod-<pod_name>.cont-<container_name>\n    Tag_Regex (?<pod_name>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)_(?<namespace_name>[^_]+)_(?<container_name>.+)-\n    Path {dir}/containers/*.log\n    DB {dir}/flb_kube.db\n    multiline.parser docker, cri\n    Mem_Buf_Limit 5MB\n    Skip_Long_Lines On\n    Refresh_Interval 1\n    Read_from_Head On\n[OUTPUT]\n    Name azure_blob\n    Match *\n    account_name {ACCOUNT}\n    path persisted-logs\n    blob_type blockblob\n    upload_timeout 2s\n    store_dir {dir}/spool\n{}",
-            workload_output(&fixture, &container, ""),
-            dir = d.display()
+
+    let yaml: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/azure/fluentbit-configmap.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let data = |k: &str| yaml["data"][k].as_str().unwrap().to_string();
+    std::fs::write(d.join("custom_parsers.conf"), data("custom_parsers.conf")).unwrap();
+    let conf = data("fluent-bit.conf");
+    let port = free_port();
+    let replacements = [
+        (
+            "/fluent-bit/etc/parsers.conf".to_string(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/parsers.conf").to_string(),
         ),
-    );
+        (
+            "/fluent-bit/etc/conf/custom_parsers.conf".to_string(),
+            d.join("custom_parsers.conf").display().to_string(),
+        ),
+        ("/var/log/".to_string(), format!("{}/", d.display())),
+        (
+            "HTTP_Listen 0.0.0.0".to_string(),
+            format!("HTTP_Listen 127.0.0.1\n    HTTP_Port {port}"),
+        ),
+        ("upload_timeout      1m".to_string(), "upload_timeout 2s".to_string()),
+        (
+            "auth_type           workload_identity".to_string(),
+            format!(
+                "auth_type workload_identity\n    endpoint {}\n    emulator_mode on\n    tls.ca_file {}",
+                fixture.endpoint,
+                fixture.ca.display()
+            ),
+        ),
+    ];
+    let mut conf_text = conf.clone();
+    for (from, to) in &replacements {
+        assert!(
+            conf_text.contains(from.as_str()),
+            "the ConfigMap lacks {from}"
+        );
+        conf_text = conf_text.replace(from.as_str(), to);
+    }
+    let cfg = write_config(d, "fluent-bit.conf", &conf_text);
     let pods = [
         (
             "web-7d9f_prod_nginx",
@@ -436,25 +474,54 @@ fn union_configmap_on_azure_with_workload_identity() {
         ("job-1_batch_main", "namespace-batch.pod-job-1.cont-main"),
     ];
     let suffix = "-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.log";
-    for (i, (pod, _)) in pods.iter().enumerate() {
-        let mut s = String::new();
-        for n in 0..500 {
-            s.push_str(&format!(
-                "2026-11-22T08:00:00.{n:09}Z stdout F p{i}-{n:08} some padding text\n"
-            ));
-        }
-        std::fs::write(d.join("containers").join(format!("{pod}{suffix}")), s).unwrap();
+    std::fs::create_dir_all(d.join("containers")).unwrap();
+    let files: Vec<PathBuf> = pods
+        .iter()
+        .map(|(pod, _)| d.join("containers").join(format!("{pod}{suffix}")))
+        .collect();
+    for f in &files {
+        std::fs::write(f, "").unwrap();
     }
-    let _agent = Agent::start_custom(d, &cfg, workload_env(&fixture, &token_file));
+    let container_env = container.clone();
+    let wi = workload_env(&fixture, &token_file);
+    let agent = Agent::start_custom(d, &cfg, move |c| {
+        c.env("AZURE_STORAGE_ACCOUNT", ACCOUNT)
+            .env("AZURE_STORAGE_CONTAINER", container_env);
+        wi(c);
+    });
+    wait_until(T, "tail input started", || {
+        agent.log_text().contains("tail input started")
+    });
+    // Union's tail starts at the end of files that exist (no Read_from_Head): lines come after.
+    for (i, f) in files.iter().enumerate() {
+        use std::io::Write;
+        let mut out = std::fs::OpenOptions::new().append(true).open(f).unwrap();
+        for n in 0..500 {
+            writeln!(
+                out,
+                "2026-11-22T08:00:00.{n:09}Z stdout F p{i}-{n:08} some padding text"
+            )
+            .unwrap();
+        }
+    }
     wait_until(T, "both pods delivered", || {
         reader.logs(&container, "persisted-logs/").len() >= 1000
     });
+    let blobs = reader.list(&container, "");
+    let names: Vec<&str> = blobs.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "persisted-logs/namespace-batch.pod-job-1.cont-main",
+            "persisted-logs/namespace-prod.pod-web-7d9f.cont-nginx"
+        ]
+    );
+    assert!(blobs.iter().all(|b| b.kind == "AppendBlob"));
     for (i, (_, tag)) in pods.iter().enumerate() {
-        let logs = reader.logs(&container, &format!("persisted-logs/{tag}."));
+        let logs = reader.logs(&container, &format!("persisted-logs/{tag}"));
         assert_eq!(assert_all_present(&logs, &format!("p{i}"), 500), 0);
         assert_eq!(logs.len(), 500, "{tag}");
     }
-    assert_eq!(reader.logs(&container, "").len(), 1000);
 }
 
 /// Bad options are refused by `--dry-run`, naming the file and key.
@@ -498,4 +565,52 @@ fn bad_options_are_refused_with_the_key_named() {
             "expected {expected} in {text}"
         );
     }
+}
+
+/// `examples/azurite/azurite.conf`, as its README runs it (only the container and HTTP port
+/// set through its variables): the sample logs land in Union's blob names.
+#[test]
+fn the_azurite_example_ships_the_sample_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, reader) = azurite();
+    let container = unique("example");
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let cfg = PathBuf::from(repo).join("examples/azurite/azurite.conf");
+    let state = dir.path().to_path_buf();
+    let container_env = container.clone();
+    let _agent = Agent::start_custom(dir.path(), &cfg, move |c| {
+        c.env("AZURITE_ENDPOINT", host)
+            .env("LOG_DIR", format!("{repo}/examples/logs"))
+            .env("STATE_DIR", state)
+            .env("CONTAINER", container_env)
+            .env("HTTP_PORT", free_port().to_string());
+    });
+    wait_until(T, "the sample logs delivered", || {
+        reader.logs(&container, "persisted-logs/").len() >= 9
+    });
+    let api = reader.logs(
+        &container,
+        "persisted-logs/namespace-billing.pod-api-5f6d7c8b9-qwert.cont-app",
+    );
+    assert_eq!(
+        api,
+        [
+            "starting billing api v2.3.1\n",
+            "listening on :8080\n",
+            "a 16 KiB docker split, part one; part two\n",
+            "invoice INV-77 issued\n",
+        ]
+    );
+    let names: Vec<String> = reader
+        .list(&container, "")
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "persisted-logs/namespace-billing.pod-api-5f6d7c8b9-qwert.cont-app",
+            "persisted-logs/namespace-shop.pod-web-7d9f8b6c5d-x2x9k.cont-nginx"
+        ]
+    );
 }
