@@ -614,3 +614,81 @@ fn the_azurite_example_ships_the_sample_logs() {
         ]
     );
 }
+
+/// An unsigned JWT of the shape Azurite accepts from Entra ID (it does not check signatures).
+fn storage_jwt() -> String {
+    use base64::Engine;
+    let now = chrono::Utc::now().timestamp();
+    let enc = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        enc(serde_json::json!({"alg": "RS256", "typ": "JWT"})),
+        enc(serde_json::json!({
+            "iss": format!("https://sts.windows.net/{TENANT}/"),
+            "aud": "https://storage.azure.com",
+            "iat": now - 60, "nbf": now - 60, "exp": now + 3600,
+            "oid": "00000000-0000-0000-0000-0000000000aa",
+        }))
+    )
+}
+
+/// `auth_type managed_identity` through the SDK's `ManagedIdentityCredential`, reaching a
+/// local managed-identity endpoint in the App Service form (`IDENTITY_ENDPOINT` +
+/// `IDENTITY_HEADER`; IMDS's link-local address cannot be served here): the user-assigned
+/// `client_id` and the secret header are sent, and the token writes to HTTPS Azurite.
+#[test]
+fn managed_identity_through_the_sdk() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = EntraAzurite::start(dir.path());
+    let reader = fixture.reader();
+    let container = unique("mi");
+    let token = storage_jwt();
+    let endpoint = common::peers::CredentialEndpoint::start(move |r| {
+        let ok = r.path.contains(&format!("client_id={CLIENT_ID}"))
+            && r.path.contains("resource=https")
+            && r.headers.get("x-identity-header").map(String::as_str) == Some("identity-secret");
+        if ok {
+            let expires = chrono::Utc::now().timestamp() + 3600;
+            common::peers::Reply::new(
+                200,
+                format!(
+                    r#"{{"access_token":"{token}","expires_on":"{expires}","resource":"https://storage.azure.com","token_type":"Bearer","client_id":"{CLIENT_ID}"}}"#
+                ),
+            )
+        } else {
+            common::peers::Reply::new(400, r#"{"error":"invalid_request"}"#)
+        }
+    });
+    let log = dir.path().join("c.log");
+    append_numbered(&log, "m", 0, 100);
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "    container_name {container}\n    endpoint {}\n    emulator_mode on\n    auth_type managed_identity\n    client_id {CLIENT_ID}\n    tls.ca_file {}\n",
+            fixture.endpoint,
+            fixture.ca.display()
+        ),
+    );
+    let url = format!("{}/msi/token", endpoint.url);
+    let agent = Agent::start_custom(dir.path(), &cfg, move |c| {
+        c.env("IDENTITY_ENDPOINT", url)
+            .env("IDENTITY_HEADER", "identity-secret");
+    });
+    wait_until(T, "delivered with the managed identity's token", || {
+        reader.logs(&container, "").len() >= 100
+    });
+    let logs = reader.logs(&container, "");
+    assert_eq!(assert_all_present(&logs, "m", 100), 0);
+    assert!(endpoint
+        .requests()
+        .iter()
+        .any(|r| r.starts_with("GET /msi/token")));
+    let text = agent.log_text();
+    assert!(
+        text.contains(&format!("managed identity (client id {CLIENT_ID})")),
+        "{text}"
+    );
+    assert!(!text.contains("identity-secret"));
+}
