@@ -692,3 +692,47 @@ fn managed_identity_through_the_sdk() {
     );
     assert!(!text.contains("identity-secret"));
 }
+
+/// `auth_type default`: workload identity when the webhook's environment is there.
+#[test]
+fn default_identity_uses_workload_identity_when_its_environment_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = EntraAzurite::start(dir.path());
+    let reader = fixture.reader();
+    let container = unique("default");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "default-chain-assertion").unwrap();
+    fixture.control(r#"{"accept":["default-chain-assertion"]}"#);
+    let log = dir.path().join("c.log");
+    append_numbered(&log, "d", 0, 100);
+    let output = workload_output(&fixture, &container, "")
+        .replace("auth_type workload_identity", "auth_type default");
+    let cfg = config(dir.path(), &output);
+    let agent = Agent::start_custom(dir.path(), &cfg, workload_env(&fixture, &token_file));
+    wait_until(T, "delivered", || reader.logs(&container, "").len() >= 100);
+    assert_eq!(fixture.accepted(), ["default-chain-assertion"]);
+    assert!(agent.log_text().contains("workload identity (client id"));
+}
+
+/// A SAS token never reaches the log, also when the endpoint cannot be reached (transport
+/// errors name the URL otherwise).
+#[test]
+fn a_sas_token_is_not_logged_on_transport_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let sas = account_sas();
+    let sig = sas.split("sig=").nth(1).unwrap().to_string();
+    let log = dir.path().join("c.log");
+    append_numbered(&log, "x", 0, 10);
+    let cfg = config(
+        dir.path(),
+        &format!("    container_name c\n    endpoint {closed}\n    emulator_mode on\n    auth_type sas\n    sas_token {sas}\n"),
+    );
+    let agent = Agent::start(dir.path(), &cfg);
+    wait_until(T, "the transport error logged", || {
+        agent.log_text().contains("upload failed")
+    });
+    let text = agent.log_text();
+    assert!(text.contains("container c"), "{text}");
+    assert!(!text.contains(&sig) && !text.contains("sig="), "{text}");
+}

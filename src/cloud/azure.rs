@@ -333,7 +333,11 @@ async fn exchange(
         .await
         .map_err(|e| TokenError {
             permanent: false,
-            message: format!("{}: token endpoint {url} unreachable: {e}", who()),
+            message: format!(
+                "{}: token endpoint {url} unreachable: {}",
+                who(),
+                crate::outputs::objectstore::store::display_chain(&e.without_url())
+            ),
         })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();

@@ -275,12 +275,14 @@ impl AzureStore {
                 .header("content-length", call.body.len().to_string())
                 .body(call.body);
         }
+        // `without_url`: the URL carries the SAS token.
         let response = request.send().await.map_err(|e| {
+            let e = e.without_url();
             StoreError::new(
                 ErrorKind::Retryable,
                 format!(
                     "{}: {}: {}",
-                    self.where_(call.blob),
+                    self.location(call.blob),
                     call.method,
                     crate::outputs::objectstore::store::display_chain(&e)
                 ),
@@ -317,7 +319,7 @@ impl AzureStore {
         }))
     }
 
-    fn where_(&self, blob: Option<&str>) -> String {
+    fn location(&self, blob: Option<&str>) -> String {
         match blob {
             Some(b) => format!(
                 "account {}, container {}, blob {b}",
@@ -347,7 +349,7 @@ impl AzureStore {
             kind,
             format!(
                 "{}: {doing} refused: HTTP {}, {code} (identity: {})",
-                self.where_(blob),
+                self.location(blob),
                 r.status,
                 self.identity()
             ),
@@ -452,7 +454,7 @@ impl AzureStore {
                     self.head(&name).await?.ok_or_else(|| {
                         StoreError::new(
                             ErrorKind::Retryable,
-                            format!("{}: created but not found", self.where_(Some(&name))),
+                            format!("{}: created but not found", self.location(Some(&name))),
                         )
                     })?
                 }
@@ -462,7 +464,7 @@ impl AzureStore {
                     ErrorKind::Permanent,
                     format!(
                         "{}: exists and is not an append blob (blob_type appendblob needs it to be one, or a path where nothing else writes)",
-                        self.where_(Some(&name))
+                        self.location(Some(&name))
                     ),
                 ));
             }
@@ -544,7 +546,7 @@ impl AzureStore {
                             ErrorKind::Conflict,
                             format!(
                                 "{}: the blob disappeared during the append",
-                                self.where_(Some(&target.blob))
+                                self.location(Some(&target.blob))
                             ),
                         ))
                     }
@@ -561,7 +563,7 @@ impl AzureStore {
                     ErrorKind::Conflict,
                     format!(
                         "{}: length {} does not continue this chunk's blocks (started at {}); another writer appended",
-                        self.where_(Some(&target.blob)),
+                        self.location(Some(&target.blob)),
                         props.len,
                         target.base
                     ),
