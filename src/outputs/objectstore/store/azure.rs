@@ -10,6 +10,12 @@
 //! state and commit them with `If-None-Match: *`; a commit that found the blob already there
 //! checks the upload token in the blob's metadata, so a commit whose answer was lost is not
 //! made twice under another name.
+//!
+//! The REST calls go through reqwest (the client `azure_core` uses) rather than
+//! `azure_storage_blob`'s clients: those take Entra credentials only (the 1.x SDK dropped
+//! Shared Key, which Fluent Bit's `auth_type key` needs), and every call here needs its exact
+//! conditional headers and the service's `x-ms-error-code`; one request path serves all three
+//! kinds of identity.
 
 use std::collections::HashMap;
 use std::path::Path;
