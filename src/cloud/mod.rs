@@ -2,5 +2,6 @@
 //! (only the source, role and what the service said).
 
 pub mod aws;
+pub mod azure;
 pub mod ecs;
 pub mod local_http;

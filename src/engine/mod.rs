@@ -292,8 +292,8 @@ impl Pipeline {
             let retry_limit = outputs::parse_retry_limit(&p, outputs::default_retry_limit(&name))?;
             let instance = alias.clone().unwrap_or_else(|| format!("{name}.{index}"));
             let plugin = OutputPlugin::build(&name, &instance, &p, &service)?;
-            if name != "forward" {
-                // `forward` applies `tls.verify` and `tls.ca_file` itself.
+            if name != "forward" && name != "azure_blob" {
+                // `forward` and `azure_blob` apply `tls.verify` and `tls.ca_file` themselves.
                 reject_unimplemented_tls(&p)?;
             }
             // `workers`: outputs write from one task each (the object store uploads several keys

@@ -10,6 +10,7 @@
 //! Invariant 2: the runner blocks on a failing batch (no unbounded retry queue); the inputs'
 //! byte budgets then fill and reading pauses.
 
+pub mod azure_blob;
 pub mod cloudwatch;
 pub mod file;
 pub mod format;
@@ -68,6 +69,12 @@ impl OutputPlugin {
             "forward" => {
                 OutputPlugin::Forward(Box::new(forward::ForwardOut::from_props(p, instance)?))
             }
+            "azure_blob" => OutputPlugin::ObjectStore(Box::new(azure_blob::build(
+                p,
+                instance,
+                service.storage_path.as_deref(),
+                service.backoff,
+            )?)),
             "s3" => OutputPlugin::ObjectStore(Box::new(s3::build(
                 p,
                 instance,

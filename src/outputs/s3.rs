@@ -23,7 +23,7 @@ use super::objectstore::key::KeyFormat;
 use super::objectstore::store::s3::{PutOptions, S3Spec, MIN_PART};
 use super::objectstore::store::StoreSpec;
 use super::objectstore::{
-    BodyFormat, ObjectStoreOutput, SpoolDir, UploadSettings, DEFAULT_SPOOL_LIMIT,
+    BodyFormat, KeySuffix, ObjectStoreOutput, SpoolDir, UploadSettings, DEFAULT_SPOOL_LIMIT,
 };
 use super::Backoff;
 use crate::cloud::aws::{with_scheme, AwsIdentity};
@@ -100,6 +100,7 @@ pub fn build(
             format: key_format,
             delimiters: p.string_or("s3_key_format_tag_delimiters", "."),
         },
+        key_suffix: KeySuffix::S3Object,
         static_file_path: p.bool("static_file_path", false)?,
         append,
         compression,

@@ -2,6 +2,7 @@
 //! wait for conditions, read what outputs wrote, talk HTTP to the monitoring API.
 #![allow(dead_code)]
 
+pub mod azure;
 pub mod cloudwatch;
 pub mod node;
 pub mod peers;

@@ -74,10 +74,48 @@ impl BodyFormat {
     }
 }
 
+/// What makes the key of an object that is not at a static key unique, as each Fluent Bit
+/// output spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySuffix {
+    /// `s3`: `-object<8 random>`, unless the key format has `$UUID` or `$INDEX`.
+    S3Object,
+    /// `azure_blob` block blobs: `.<random_len random>.<epoch ms><extension>` on every blob.
+    AzureBlock {
+        random_len: usize,
+        extension: &'static str,
+    },
+}
+
+impl KeySuffix {
+    fn apply(self, key: &mut String, format: &KeyFormat) {
+        match self {
+            KeySuffix::S3Object if !format.has_uuid_or_index() => {
+                key.push_str("-object");
+                key.push_str(&key::random_alnum(8));
+            }
+            KeySuffix::S3Object => {}
+            KeySuffix::AzureBlock {
+                random_len,
+                extension,
+            } => {
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                key.push('.');
+                key.push_str(&key::random_alnum(random_len));
+                key.push_str(&format!(".{ms}{extension}"));
+            }
+        }
+    }
+}
+
 /// Upload behaviour (Fluent Bit's s3 options).
 #[derive(Debug, Clone)]
 pub struct UploadSettings {
     pub key: KeyFormat,
+    /// Added to keys that are not static (`static_file_path` off).
+    pub key_suffix: KeySuffix,
     pub static_file_path: bool,
     /// Static keys: append to the object (logferry's default) instead of replacing it.
     pub append: bool,
@@ -384,9 +422,9 @@ impl UploadCtx {
                     .map_err(|e| store::io_err("$INDEX", e))?;
                 let mut key = s.key.render(&chunk.tag, index, chunk.first);
                 // Fluent Bit's suffix for keys that would otherwise repeat, on every upload path
-                // (Fluent Bit adds it to PutObject only, so its multipart uploads can collide).
-                if !s.key.has_uuid_or_index() && !s.static_file_path {
-                    key = format!("{key}-object{}", key::random_alnum(8));
+                // (Fluent Bit's s3 adds it to PutObject only, so its multipart uploads can collide).
+                if !s.static_file_path {
+                    s.key_suffix.apply(&mut key, &s.key);
                 }
                 state.key = Some(key.clone());
                 save(&state)?;

@@ -130,6 +130,19 @@ pub struct UploadState {
     /// Local-directory append: the object's length before this chunk was appended.
     #[serde(default)]
     pub append_base: Option<u64>,
+    /// Append-blob append: the blob this chunk is being appended to (a rolled-over name after
+    /// the block limit), its length before the chunk's first block there, and the body offset
+    /// that block starts at.
+    #[serde(default)]
+    pub append_target: Option<AppendTarget>,
+}
+
+/// Where a chunk's blocks go in an append blob (see [`UploadState::append_target`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendTarget {
+    pub blob: String,
+    pub base: u64,
+    pub body_offset: u64,
 }
 
 impl UploadState {
