@@ -371,7 +371,7 @@ pub fn render_prometheus(r: &Registry, reloads: u64) -> String {
         let kube = |f: &dyn Fn(&crate::engine::metrics::FilterMetrics) -> i64| {
             r.filters
                 .iter()
-                .filter(|i| i.name.starts_with("kubernetes") || i.kubernetes_api_requests.get() > 0)
+                .filter(|i| i.plugin == "kubernetes")
                 .map(|i| (i.name.clone(), f(i)))
                 .collect::<Vec<_>>()
         };

@@ -73,6 +73,8 @@ fn create_pod(port: u16, pod: &str, containers: &[&str]) {
                      "labels": {"app": pod}},
         "spec": {"nodeName": "node-1",
                  "containers": containers.iter().map(|c| json!({"name": c, "image": format!("registry.local/{c}:1")})).collect::<Vec<_>>()},
+        "status": {"containerStatuses": containers.iter().map(|c| json!({"name": c,
+                   "image": format!("registry.local/{c}:1"), "containerID": format!("containerd://{pod}-{c}")})).collect::<Vec<_>>()},
     });
     let status = api(
         port,
@@ -139,7 +141,7 @@ fn mount_configmap(root: &Path, values: &str, version: &str) -> PathBuf {
 
 /// Union's DaemonSet values with the `kubernetes` filter (its pod fields taken from Union's tag
 /// by a `Regex_Parser`), for a node rooted at `root`.
-fn values(root: &Path, http: u16, kube: u16, s3: &str, extra_filter: &str) -> String {
+fn values(root: &Path, http: u16, kube: u16, s3: (&str, &str), extra_filter: &str) -> String {
     format!(
         r#"hotReload:
   enabled: true
@@ -184,8 +186,8 @@ config:
         static_file_path true
         json_date_key false
         region us-east-1
-        bucket node-proof
-        endpoint {s3}
+        bucket {bucket}
+        endpoint {endpoint}
         Retry_Limit no_limits
   customParsers: |
     [PARSER]
@@ -194,6 +196,8 @@ config:
         Regex  ^namespace-(?<namespace_name>[^.]+)\.pod-(?<pod_name>[^.]+)\.cont-(?<container_name>.+)$
 "#,
         root = root.display(),
+        endpoint = s3.0,
+        bucket = s3.1,
     )
 }
 
@@ -213,10 +217,12 @@ fn the_charts_config_ships_every_line_with_metadata_across_a_crash_and_a_reload(
     create_pod(kube, "web-2", &["app"]);
     create_pod(kube, "batch-7", &["worker"]);
     let s3 = p.s3s();
-    peers::create_bucket(&s3, "node-proof");
-    let endpoint = p.var("S3S_ENDPOINT").to_string();
+    // The S3 peer outlives the test: a bucket of its own, so earlier runs' objects are not read.
+    let bucket = format!("node-proof-{}", std::process::id());
+    peers::create_bucket(&s3, &bucket);
+    let endpoint = (p.var("S3S_ENDPOINT"), bucket.as_str());
     let http = free_port();
-    let cfg = mount_configmap(root, &values(root, http, kube, &endpoint, ""), "v1");
+    let cfg = mount_configmap(root, &values(root, http, kube, endpoint, ""), "v1");
     let env = |cmd: &mut Command| {
         peers::isolated_aws_env(
             cmd,
@@ -259,7 +265,7 @@ fn the_charts_config_ships_every_line_with_metadata_across_a_crash_and_a_reload(
             root,
             http,
             kube,
-            &endpoint,
+            endpoint,
             "    [FILTER]\n        Name record_modifier\n        Match *\n        Record config v2\n",
         ),
         "v2",
@@ -278,10 +284,10 @@ fn the_charts_config_ships_every_line_with_metadata_across_a_crash_and_a_reload(
     // Every line of every container, under its Union key, with its pod's metadata.
     let total: usize = containers.iter().map(|c| c.written).sum();
     let shipped = || -> HashMap<String, Vec<Value>> {
-        peers::list_keys(&s3, "node-proof", "persisted-logs/")
+        peers::list_keys(&s3, &bucket, "persisted-logs/")
             .into_iter()
             .map(|key| {
-                let body = peers::get_object(&s3, "node-proof", &key).unwrap_or_default();
+                let body = peers::get_object(&s3, &bucket, &key).unwrap_or_default();
                 let records = String::from_utf8_lossy(&body)
                     .lines()
                     .filter_map(|l| serde_json::from_str(l).ok())
@@ -329,6 +335,8 @@ fn the_charts_config_ships_every_line_with_metadata_across_a_crash_and_a_reload(
                 k["container_image"],
                 format!("registry.local/{container}:1")
             );
+            // Union's tag has no container id: it comes from the pod's status.
+            assert_eq!(k["docker_id"], format!("{pod}-{container}"), "{r}");
             all_logs.push(log.to_string());
         }
     }

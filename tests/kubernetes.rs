@@ -243,48 +243,61 @@ fn a_node_scoped_watch_enriches_every_pod_including_new_and_deleted_ones() {
     );
 }
 
+/// An API server that accepts connections and never answers (a black-holed address).
+fn black_hole() -> (u16, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    (port, handle)
+}
+
 #[test]
 fn an_unreachable_api_server_delays_nothing_and_is_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("containers");
-    std::fs::create_dir_all(&logs).unwrap();
-    for name in ["a", "b", "c"] {
-        append_numbered(&log_file(&logs, "ops", name), name, 0, 100);
+    let pods: Vec<String> = (0..30).map(|i| format!("p{i}")).collect();
+    for (what, url) in [
+        ("refused", format!("http://127.0.0.1:{}", free_port())),
+        ("silent", format!("http://127.0.0.1:{}", black_hole().0)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("containers");
+        std::fs::create_dir_all(&logs).unwrap();
+        for name in &pods {
+            append_numbered(&log_file(&logs, "ops", name), name, 0, 20);
+        }
+        let api = free_port();
+        let cfg = config(dir.path(), &logs, api, &format!("    Kube_URL {url}\n"));
+        let agent = Agent::start_custom(dir.path(), &cfg, |c| {
+            c.env("NODE_NAME", "node-1");
+        });
+        // One bounded wait until the server is known to be down (at most the request timeout),
+        // not one per pod: 30 pods would take a minute at 2 s each.
+        wait_until(
+            Duration::from_secs(45),
+            &format!("every line without metadata ({what})"),
+            || records(dir.path()).len() == 600,
+        );
+        let all = records(dir.path());
+        for name in &pods {
+            let r = of_pod(&all, name);
+            assert_eq!(r.len(), 20);
+            // What the tag gives is still there; nothing from the API.
+            assert_eq!(r[0]["kubernetes"]["namespace_name"], "ops");
+            assert_eq!(r[0]["kubernetes"]["container_name"], "app");
+            assert!(r[0]["kubernetes"].get("labels").is_none());
+        }
+        assert_eq!(
+            metric(api, "logferry_filter_kubernetes_meta_missing_total"),
+            600
+        );
+        wait_until(Duration::from_secs(30), "the failure logged", || {
+            agent.log_text().contains("kubernetes filter")
+        });
     }
-    let api = free_port();
-    let closed = free_port();
-    let cfg = config(
-        dir.path(),
-        &logs,
-        api,
-        &format!("    Kube_URL http://127.0.0.1:{closed}\n"),
-    );
-    let agent = Agent::start_custom(dir.path(), &cfg, |c| {
-        c.env("NODE_NAME", "node-1");
-    });
-    wait_until(
-        Duration::from_secs(60),
-        "every line, without metadata",
-        || records(dir.path()).len() == 300,
-    );
-    let all = records(dir.path());
-    for name in ["a", "b", "c"] {
-        let r = of_pod(&all, name);
-        assert_eq!(r.len(), 100);
-        // What the tag gives is still there; nothing from the API.
-        assert_eq!(r[0]["kubernetes"]["namespace_name"], "ops");
-        assert_eq!(r[0]["kubernetes"]["container_name"], "app");
-        assert!(r[0]["kubernetes"].get("labels").is_none());
-    }
-    assert_eq!(
-        metric(api, "logferry_filter_kubernetes_meta_missing_total"),
-        300
-    );
-    assert!(
-        agent.log_text().contains("kubernetes filter"),
-        "{}",
-        agent.log_text()
-    );
 }
 
 /// The HTTPS fixture on a free port, serving `data` with the test PKI.

@@ -65,6 +65,8 @@ pub struct InputMetrics {
 #[derive(Debug, Default)]
 pub struct FilterMetrics {
     pub name: String,
+    /// The plugin (`grep`, `kubernetes`, …): which families apply.
+    pub plugin: String,
     pub records: Counter,
     pub drop_records: Counter,
     pub added_records: Counter,

@@ -337,6 +337,7 @@ impl Pipeline {
             let alias = p.str("alias").map(str::to_string);
             let metrics = Arc::new(FilterMetrics {
                 name: alias.unwrap_or_else(|| format!("{name}.{index}")),
+                plugin: name.clone(),
                 ..Default::default()
             });
             let filter = Filter::build(&name, &p, &parsers, &metrics)?;
@@ -495,6 +496,9 @@ impl Pipeline {
             }
         };
         tokio::pin!(all_done);
+        // Everything of this pipeline ended (a reload may then start the next one on the same
+        // DB files and spools).
+        let mut all_stopped = true;
         // Inputs close their dispatchers when they stop; outputs then drain and exit.
         if tokio::time::timeout_at(deadline, &mut all_done)
             .await
@@ -506,6 +510,7 @@ impl Pipeline {
                 .await
                 .is_err()
             {
+                all_stopped = false;
                 tracing::warn!("an output did not stop within {}s of the hard stop: exiting without it (its spooled data stays on disk)", HARD_STOP_WAIT.as_secs());
             }
         }
@@ -521,6 +526,7 @@ impl Pipeline {
                 }
                 Ok(None) => break,
                 Err(_) => {
+                    all_stopped = false;
                     tracing::warn!("{} input(s) did not stop in time: exiting without them (what they did not commit is read again on restart)", input_threads - ended);
                     break;
                 }
@@ -532,6 +538,11 @@ impl Pipeline {
         }
         match failure {
             Some(f) => Err(anyhow::anyhow!(f)),
+            // Two pipelines on the same offsets DB and spools could repeat or lose records:
+            // exit instead, and let the supervisor start the new configuration cleanly.
+            None if next.is_some() && !all_stopped => Err(anyhow::anyhow!(
+                "reload: the running pipeline did not stop in time; exiting so that the new configuration starts cleanly"
+            )),
             None => Ok(next),
         }
     }

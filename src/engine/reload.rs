@@ -54,7 +54,8 @@ pub struct Reloader {
     pub handle: ReloadHandle,
     requests: mpsc::UnboundedReceiver<Trigger>,
     loader: Loader,
-    watched: Arc<std::sync::Mutex<Vec<PathBuf>>>,
+    /// The config files and the fingerprint of their contents the running pipeline came from.
+    watched: Arc<std::sync::Mutex<(Vec<PathBuf>, u64)>>,
 }
 
 impl Reloader {
@@ -70,7 +71,10 @@ impl Reloader {
             },
             requests,
             loader,
-            watched: Arc::new(std::sync::Mutex::new(files)),
+            watched: Arc::new(std::sync::Mutex::new({
+                let seen = fingerprint(&files);
+                (files, seen)
+            })),
         }
     }
 
@@ -89,15 +93,16 @@ impl Reloader {
         let handle = self.handle.clone();
         let watched = self.watched.clone();
         tokio::spawn(async move {
-            let mut seen = fingerprint(&watched.lock().expect("watched files").clone());
             loop {
                 tokio::time::sleep(WATCH_INTERVAL).await;
-                let files = watched.lock().expect("watched files").clone();
-                let now = tokio::task::spawn_blocking(move || fingerprint(&files))
-                    .await
-                    .unwrap_or(seen);
-                if now != seen {
-                    seen = now;
+                let (files, seen) = watched.lock().expect("watched files").clone();
+                let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&files)).await else {
+                    continue;
+                };
+                let mut current = watched.lock().expect("watched files");
+                // A reload in between already took these contents.
+                if now != seen && current.1 == seen {
+                    current.1 = now;
                     handle.request(Trigger::ConfigChanged);
                 }
             }
@@ -119,9 +124,11 @@ impl Reloader {
             while self.requests.try_recv().is_ok() {}
             self.handle.in_progress.store(true, Ordering::SeqCst);
             tracing::info!(?trigger, "reloading the configuration");
-            match (self.loader)() {
+            // Reading and validating files blocks: off the async workers' backs.
+            match tokio::task::block_in_place(|| (self.loader)()) {
                 Ok((pipeline, files)) => {
-                    *self.watched.lock().expect("watched files") = files;
+                    let seen = fingerprint(&files);
+                    *self.watched.lock().expect("watched files") = (files, seen);
                     return pipeline;
                 }
                 Err(e) => {

@@ -35,13 +35,22 @@ pub const DELETED_GRACE: Duration = Duration::from_secs(600);
 pub const LOOKUP_WAIT: Duration = Duration::from_secs(2);
 /// How long a pod that could not be found is not waited for again.
 pub const MISSING_RETRY: Duration = Duration::from_secs(30);
+/// A watch stream silent this long is taken for dead (the server closes it at 300 s).
+const WATCH_SILENCE: Duration = Duration::from_secs(330);
+/// The largest watch event accepted (a Pod object is a few KiB).
+const MAX_EVENT_BYTES: usize = 16 << 20;
 
 /// What the filter shows of one container of a pod.
+/// What the pod's status says of one of its containers (as Fluent Bit reads it: from
+/// `status.containerStatuses` and `status.initContainerStatuses`).
 #[derive(Debug, Clone, Default)]
 pub struct ContainerMeta {
     pub name: String,
     pub image: Option<String>,
+    /// `imageID` without its scheme (`docker-pullable://`).
     pub image_id: Option<String>,
+    /// `containerID` without its runtime scheme (`containerd://`).
+    pub container_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -52,6 +61,8 @@ pub struct PodMeta {
     pub host: Option<String>,
     pub pod_ip: Option<String>,
     pub containers: Vec<ContainerMeta>,
+    /// `metadata.ownerReferences`, as JSON (`Owner_References`).
+    pub owner_references: Option<Json>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -73,25 +84,26 @@ impl PodMeta {
                 })
                 .unwrap_or_default()
         };
-        let statuses = pod["status"]["containerStatuses"].as_array();
-        let status_of =
-            |name: &str| statuses.and_then(|s| s.iter().find(|c| c["name"].as_str() == Some(name)));
-        let spec_containers = pod["spec"]["containers"].as_array().into_iter().flatten();
-        let init_containers = pod["spec"]["initContainers"]
+        // `scheme://rest` → `rest` (Fluent Bit's extract_hash).
+        let unscheme = |v: &Json| {
+            v.as_str().filter(|s| !s.is_empty()).map(|s| {
+                s.split_once("://")
+                    .map_or(s, |(_, rest)| rest.trim_start_matches('/'))
+                    .to_string()
+            })
+        };
+        let statuses = pod["status"]["initContainerStatuses"]
             .as_array()
             .into_iter()
+            .chain(pod["status"]["containerStatuses"].as_array())
             .flatten();
-        let containers = spec_containers
-            .chain(init_containers)
+        let containers = statuses
             .filter_map(|c| {
-                let name = c["name"].as_str()?.to_string();
-                let status = status_of(&name);
                 Some(ContainerMeta {
-                    image: status
-                        .and_then(|s| str_of(&s["image"]))
-                        .or_else(|| str_of(&c["image"])),
-                    image_id: status.and_then(|s| str_of(&s["imageID"])),
-                    name,
+                    name: c["name"].as_str()?.to_string(),
+                    image: str_of(&c["image"]),
+                    image_id: unscheme(&c["imageID"]),
+                    container_id: unscheme(&c["containerID"]),
                 })
             })
             .collect();
@@ -102,6 +114,10 @@ impl PodMeta {
             host: str_of(&pod["spec"]["nodeName"]),
             pod_ip: str_of(&pod["status"]["podIP"]),
             containers,
+            owner_references: pod["metadata"]
+                .get("ownerReferences")
+                .filter(|o| o.is_array())
+                .cloned(),
         }
     }
 
@@ -120,6 +136,8 @@ pub struct ClientConfig {
     pub ca_file: PathBuf,
     pub token_file: PathBuf,
     pub tls_verify: bool,
+    /// `tls.verify_hostname` (on by default here; Fluent Bit's default is off).
+    pub tls_verify_hostname: bool,
     /// `NODE_NAME`: watch this node's pods.
     pub node_name: Option<String>,
     /// `Use_Kubelet`: the kubelet's address (`https://host:port`).
@@ -142,10 +160,28 @@ struct State {
     namespaces: HashMap<String, (Arc<NamespaceMeta>, Instant)>,
     /// Pods (or namespaces, with an empty pod name) looked for in vain, and when.
     missing: HashMap<(String, String), Instant>,
-    /// Watch mode: the first LIST is in.
-    synced: bool,
-    /// Lookups the worker should make (GET and kubelet modes, namespaces).
+    /// Whether the last request to the API server (or kubelet) worked; None before the first.
+    healthy: Option<bool>,
+    /// No client could be built (see the log): lookups never wait.
+    disabled: bool,
+    /// Lookups the worker should make (GET and kubelet modes, namespaces), at most
+    /// [`MAX_PODS`].
     wanted: VecDeque<(String, String)>,
+}
+
+impl State {
+    /// A lookup waits for the worker only while the source answers (or has not been tried
+    /// yet): an API server that is down or slow never holds the input thread beyond one
+    /// bounded wait.
+    fn worth_waiting(&self) -> bool {
+        !self.disabled && self.healthy != Some(false)
+    }
+
+    fn want(&mut self, key: (String, String)) {
+        if self.wanted.len() < MAX_PODS && !self.wanted.contains(&key) {
+            self.wanted.push_back(key);
+        }
+    }
 }
 
 /// The cache shared by the filter (reader) and the worker thread (writer).
@@ -197,16 +233,41 @@ impl MetaCache {
     /// The pod's metadata, waiting at most [`LOOKUP_WAIT`] for it. The worker thread starts on
     /// the first lookup (never at config time, so `--dry-run` contacts nothing).
     pub fn pod(self: &Arc<Self>, namespace: &str, pod: &str) -> Option<Arc<PodMeta>> {
-        self.start();
+        let ttl = self.config.cache_ttl;
+        let expires = !ttl.is_zero() && !self.watching();
         let key = (namespace.to_string(), pod.to_string());
+        self.lookup(key, !self.watching(), |s, k| {
+            s.pods
+                .get(k)
+                .filter(|e| !expires || e.fetched.elapsed() < ttl)
+                .map(|e| e.meta.clone())
+        })
+    }
+
+    /// The namespace's labels and annotations (`namespace_labels`/`namespace_annotations`).
+    pub fn namespace(self: &Arc<Self>, namespace: &str) -> Option<Arc<NamespaceMeta>> {
+        let ttl = self.config.namespace_ttl;
+        self.lookup((namespace.to_string(), String::new()), true, |s, k| {
+            s.namespaces
+                .get(&k.0)
+                .filter(|(_, t)| t.elapsed() < ttl)
+                .map(|(m, _)| m.clone())
+        })
+    }
+
+    /// Finds `key` with `get`, asking the worker for it (`ask`) and waiting at most
+    /// [`LOOKUP_WAIT`] while that is worth it; a miss is not waited for again for
+    /// [`MISSING_RETRY`]. Keys with an empty pod name are namespaces.
+    fn lookup<T>(
+        self: &Arc<Self>,
+        key: (String, String),
+        ask: bool,
+        get: impl Fn(&State, &(String, String)) -> Option<T>,
+    ) -> Option<T> {
+        self.start();
         let mut state = self.state.lock().expect("kubernetes cache lock");
-        let fresh = |e: &Entry| {
-            self.config.cache_ttl.is_zero()
-                || self.watching()
-                || e.fetched.elapsed() < self.config.cache_ttl
-        };
-        if let Some(e) = state.pods.get(&key).filter(|e| fresh(e)) {
-            return Some(e.meta.clone());
+        if let Some(found) = get(&state, &key) {
+            return Some(found);
         }
         if state
             .missing
@@ -215,17 +276,17 @@ impl MetaCache {
         {
             return None;
         }
-        if !self.watching() {
-            state.wanted.push_back(key.clone());
+        if ask {
+            state.want(key.clone());
             self.changed.notify_all();
         }
         let deadline = Instant::now() + LOOKUP_WAIT;
         loop {
-            if let Some(e) = state.pods.get(&key).filter(|e| fresh(e)) {
-                return Some(e.meta.clone());
+            if let Some(found) = get(&state, &key) {
+                return Some(found);
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || !state.worth_waiting() {
                 state.missing.insert(key, now);
                 return None;
             }
@@ -237,46 +298,15 @@ impl MetaCache {
         }
     }
 
-    /// The namespace's labels and annotations (`namespace_labels`/`namespace_annotations`).
-    pub fn namespace(self: &Arc<Self>, namespace: &str) -> Option<Arc<NamespaceMeta>> {
-        self.start();
-        let key = (namespace.to_string(), String::new());
-        let ttl = self.config.namespace_ttl;
-        let mut state = self.state.lock().expect("kubernetes cache lock");
-        let cached = |s: &State| {
-            s.namespaces
-                .get(namespace)
-                .filter(|(_, t)| t.elapsed() < ttl)
-                .map(|(m, _)| m.clone())
-        };
-        if let Some(m) = cached(&state) {
-            return Some(m);
-        }
-        if state
-            .missing
-            .get(&key)
-            .is_some_and(|t| t.elapsed() < MISSING_RETRY)
-        {
-            return None;
-        }
-        state.wanted.push_back(key.clone());
+    /// Records whether a request worked; waiting lookups re-check whether to go on waiting.
+    fn set_healthy(&self, healthy: bool) {
+        self.state.lock().expect("kubernetes cache lock").healthy = Some(healthy);
         self.changed.notify_all();
-        let deadline = Instant::now() + LOOKUP_WAIT;
-        loop {
-            if let Some(m) = cached(&state) {
-                return Some(m);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                state.missing.insert(key, now);
-                return None;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, deadline - now)
-                .expect("kubernetes cache lock")
-                .0;
-        }
+    }
+
+    fn disable(&self) {
+        self.state.lock().expect("kubernetes cache lock").disabled = true;
+        self.changed.notify_all();
     }
 
     fn start(self: &Arc<Self>) {
@@ -293,23 +323,15 @@ impl MetaCache {
                     runtime.block_on(Worker::new(cache, config).run());
                 });
             if let Err(e) = spawned {
-                tracing::error!("kubernetes filter: cannot start its metadata thread: {e}");
+                tracing::error!("kubernetes filter: cannot start its metadata thread: {e}; records pass without pod metadata");
+                self.disable();
             }
         });
     }
 
     fn store(&self, namespace: &str, name: &str, meta: PodMeta) {
         let mut state = self.state.lock().expect("kubernetes cache lock");
-        let key = (namespace.to_string(), name.to_string());
-        state.missing.remove(&key);
-        state.pods.insert(
-            key,
-            Entry {
-                meta: Arc::new(meta),
-                fetched: Instant::now(),
-                deleted: None,
-            },
-        );
+        insert(&mut state, (namespace.to_string(), name.to_string()), meta);
         bound(&mut state);
         self.changed.notify_all();
     }
@@ -338,18 +360,8 @@ impl MetaCache {
             }
         }
         for (ns, name, meta) in pods {
-            let key = (ns, name);
-            state.missing.remove(&key);
-            state.pods.insert(
-                key,
-                Entry {
-                    meta: Arc::new(meta),
-                    fetched: now,
-                    deleted: None,
-                },
-            );
+            insert(&mut state, (ns, name), meta);
         }
-        state.synced = true;
         bound(&mut state);
         self.changed.notify_all();
     }
@@ -386,6 +398,18 @@ impl MetaCache {
     }
 }
 
+fn insert(state: &mut State, key: (String, String), meta: PodMeta) {
+    state.missing.remove(&key);
+    state.pods.insert(
+        key,
+        Entry {
+            meta: Arc::new(meta),
+            fetched: Instant::now(),
+            deleted: None,
+        },
+    );
+}
+
 /// Drops deleted pods past their grace, then (still over the bound) the longest-deleted ones,
 /// then the oldest fetched; and forgets old misses.
 fn bound(state: &mut State) {
@@ -403,9 +427,7 @@ fn bound(state: &mut State) {
             None => break,
         };
     }
-    if state.missing.len() > MAX_PODS {
-        state.missing.retain(|_, t| t.elapsed() < MISSING_RETRY);
-    }
+    state.missing.retain(|_, t| t.elapsed() < MISSING_RETRY);
 }
 
 /// An API or kubelet request that failed: what to log.
@@ -427,6 +449,9 @@ impl Worker {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!("kubernetes filter: {e}; records pass without pod metadata");
+                if let Some(c) = cache.upgrade() {
+                    c.disable();
+                }
                 None
             }
         };
@@ -464,7 +489,7 @@ impl Worker {
             let http = self.http.clone().expect("checked above");
             tokio::spawn(async move { watch_loop(cache, config, http).await });
         }
-        let mut last_kubelet_poll: Option<Instant> = None;
+        let mut last_kubelet_poll = Instant::now() - Duration::from_secs(1);
         loop {
             let Some(cache) = self.cache.upgrade() else {
                 return;
@@ -474,17 +499,23 @@ impl Worker {
                 tokio::task::spawn_blocking(move || waiting.next_wanted(Duration::from_secs(5)))
                     .await
                     .unwrap_or_default();
+            let kubelet_poll =
+                self.config.kubelet.is_some() && wanted.iter().any(|w| !w.1.is_empty());
+            if kubelet_poll {
+                // One pod list answers every pod asked for; at most one poll a second.
+                let since = last_kubelet_poll.elapsed();
+                if since < Duration::from_secs(1) {
+                    tokio::time::sleep(Duration::from_secs(1) - since).await;
+                }
+                last_kubelet_poll = Instant::now();
+                let result = self.poll_kubelet(&cache).await;
+                self.report(result);
+            }
             for (namespace, pod) in wanted {
                 let result = if pod.is_empty() {
                     self.fetch_namespace(&cache, &namespace).await
-                } else if watching {
-                    Ok(())
-                } else if self.config.kubelet.is_some() {
-                    if last_kubelet_poll.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                        continue;
-                    }
-                    last_kubelet_poll = Some(Instant::now());
-                    self.poll_kubelet(&cache).await
+                } else if watching || kubelet_poll {
+                    continue;
                 } else {
                     self.fetch_pod(&cache, &namespace, &pod).await
                 };
@@ -563,16 +594,32 @@ fn build_client(config: &ClientConfig) -> Result<reqwest::Client, String> {
         .no_proxy();
     if config.url.starts_with("https://") || config.kubelet.is_some() {
         if !config.tls_verify {
+            tracing::warn!(
+                "kubernetes filter: tls.verify Off: the API server's certificate is not checked"
+            );
             builder = builder.tls_danger_accept_invalid_certs(true);
-        } else if let Ok(pem) = std::fs::read(&config.ca_file) {
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                format!(
-                    "Kube_CA_File {}: not a PEM certificate: {e}",
+        } else {
+            match std::fs::read(&config.ca_file) {
+                Ok(pem) => {
+                    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                        format!(
+                            "Kube_CA_File {}: not a PEM certificate: {e}",
+                            config.ca_file.display()
+                        )
+                    })?;
+                    builder = builder.tls_certs_only(certs);
+                }
+                Err(e) => tracing::warn!(
+                    "kubernetes filter: Kube_CA_File {}: {e}; trusting the system's roots instead",
                     config.ca_file.display()
-                )
-            })?;
-            builder = builder.tls_certs_only(certs);
+                ),
+            }
+            if !config.tls_verify_hostname {
+                builder = builder.tls_danger_accept_invalid_hostnames(true);
+            }
         }
+    } else if token(config).is_some() {
+        tracing::warn!(url = %config.url, "kubernetes filter: the service-account token goes over plain http");
     }
     builder
         .build()
@@ -598,6 +645,16 @@ fn request(cache: &MetaCache, http: &reqwest::Client, url: &str) -> reqwest::Req
 
 /// GET a JSON object; `Ok(None)` for 404 (the pod or namespace is gone).
 async fn get_json(
+    cache: &MetaCache,
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<Option<Json>, RequestError> {
+    let result = get_json_once(cache, http, url).await;
+    cache.set_healthy(result.is_ok());
+    result
+}
+
+async fn get_json_once(
     cache: &MetaCache,
     http: &reqwest::Client,
     url: &str,
@@ -658,8 +715,17 @@ async fn watch_loop(cache: Weak<MetaCache>, config: ClientConfig, http: reqwest:
         let Some(cache) = cache.upgrade() else {
             return;
         };
+        let started = Instant::now();
         let result = list_and_watch(&cache, &http, &base, &selector, &node, &mut version).await;
+        if result.is_err() {
+            cache.set_healthy(false);
+        }
         drop(cache);
+        // A server that ends watches at once, or answers with ERROR events, must not turn
+        // this into a request loop.
+        if started.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         match result {
             Ok(()) => backoff = Duration::from_millis(500),
             Err(RequestError(e)) => {
@@ -710,7 +776,6 @@ async fn list_and_watch(
             encode(selector),
             encode(&version)
         );
-        let opened = Instant::now();
         let mut response = request(cache, http, &url)
             .send()
             .await
@@ -723,11 +788,26 @@ async fn list_and_watch(
         }
         let mut pending: Vec<u8> = Vec::new();
         loop {
-            let chunk = match response.chunk().await {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => return Err(RequestError(format!("WATCH {base}: {}", error_chain(&e)))),
+            // The server ends a watch after `timeoutSeconds` and sends bookmarks meanwhile: a
+            // stream silent for longer is a dead connection.
+            let chunk = match tokio::time::timeout(WATCH_SILENCE, response.chunk()).await {
+                Ok(Ok(Some(c))) => c,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    return Err(RequestError(format!("WATCH {base}: {}", error_chain(&e))))
+                }
+                Err(_) => {
+                    return Err(RequestError(format!(
+                        "WATCH {base}: no data for {}s",
+                        WATCH_SILENCE.as_secs()
+                    )))
+                }
             };
+            if pending.len() + chunk.len() > MAX_EVENT_BYTES {
+                return Err(RequestError(format!(
+                    "WATCH {base}: an event over {MAX_EVENT_BYTES} bytes"
+                )));
+            }
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
@@ -752,10 +832,6 @@ async fn list_and_watch(
                     _ => {}
                 }
             }
-        }
-        // A server that ends watches at once must not turn this into a request loop.
-        if opened.elapsed() < Duration::from_secs(1) {
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
     *resume = Some(version);
@@ -787,7 +863,9 @@ mod tests {
                "spec":{"nodeName":"node-a","containers":[{"name":"nginx","image":"nginx:1"}],
                        "initContainers":[{"name":"init","image":"busybox"}]},
                "status":{"podIP":"10.0.0.7","containerStatuses":[{"name":"nginx",
-                  "image":"docker.io/library/nginx:1","imageID":"docker.io/library/nginx@sha256:ab"}]}}"#,
+                  "image":"docker.io/library/nginx:1","imageID":"docker-pullable://docker.io/library/nginx@sha256:ab",
+                  "containerID":"containerd://0123abcd"}],
+                 "initContainerStatuses":[{"name":"init","image":"busybox:1"}]}}"#,
         )
         .unwrap();
         let m = PodMeta::from_json(&pod);
@@ -796,16 +874,18 @@ mod tests {
         assert_eq!(m.annotation("fluentbit.io/exclude"), Some("true"));
         assert_eq!(m.host.as_deref(), Some("node-a"));
         assert_eq!(m.pod_ip.as_deref(), Some("10.0.0.7"));
+        // Init containers first, as listed in the status; schemes stripped as Fluent Bit does.
+        assert_eq!(m.containers[0].name, "init");
+        assert_eq!(m.containers[0].image.as_deref(), Some("busybox:1"));
         assert_eq!(
-            m.containers[0].image.as_deref(),
+            m.containers[1].image.as_deref(),
             Some("docker.io/library/nginx:1")
         );
         assert_eq!(
-            m.containers[0].image_id.as_deref(),
+            m.containers[1].image_id.as_deref(),
             Some("docker.io/library/nginx@sha256:ab")
         );
-        assert_eq!(m.containers[1].name, "init");
-        assert_eq!(m.containers[1].image.as_deref(), Some("busybox"));
+        assert_eq!(m.containers[1].container_id.as_deref(), Some("0123abcd"));
     }
 
     #[test]

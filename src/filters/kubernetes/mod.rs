@@ -83,6 +83,11 @@ pub struct Kubernetes {
     tag_prefix: String,
     tag_parser: TagParser,
     merge_log: bool,
+    /// `Merge_Parser`: parses `log` instead of JSON.
+    merge_parser: Option<Arc<Parser>>,
+    /// `Use_Tag_For_Meta`: only what the tag gives, no API calls.
+    tag_only: bool,
+    owner_references: bool,
     merge_log_key: Option<Bytes>,
     merge_log_trim: bool,
     keep_log: bool,
@@ -138,6 +143,7 @@ impl Kubernetes {
                 .string_or("kube_token_file", &format!("{SERVICE_ACCOUNT}/token"))
                 .into(),
             tls_verify: p.bool("tls.verify", true)?,
+            tls_verify_hostname: p.bool("tls.verify_hostname", true)?,
             node_name: std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()),
             kubelet,
             namespace_meta: namespace_labels || namespace_annotations,
@@ -153,15 +159,21 @@ impl Kubernetes {
             "dns_retries",
             "dns_wait_time",
             "kube_namespace_file",
-            "tls.verify_hostname",
             "tls.debug",
-            "use_tag_for_meta",
             "cache_use_docker_id",
         ]);
         Ok(Kubernetes {
             tag_prefix: p.string_or("kube_tag_prefix", "kube.var.log.containers."),
             tag_parser,
             merge_log: p.bool("merge_log", false)?,
+            merge_parser: match p.prop("merge_parser") {
+                None => None,
+                Some(prop) => Some(parsers.get(&prop.value).ok_or_else(|| {
+                    ConfigError::key(prop, format!("parser '{}' is not defined", prop.value))
+                })?),
+            },
+            tag_only: p.bool("use_tag_for_meta", false)?,
+            owner_references: p.bool("owner_references", false)?,
             merge_log_key: p
                 .str("merge_log_key")
                 .map(|k| Bytes::copy_from_slice(k.as_bytes())),
@@ -186,13 +198,18 @@ impl Kubernetes {
         let Some(fields) = self.tag_parser.parse(name) else {
             return;
         };
-        let pod = self.cache.pod(&fields.namespace_name, &fields.pod_name);
-        if pod.is_none() {
-            self.metrics
-                .kubernetes_meta_missing
-                .add(events.len() as u64);
-        }
-        let namespace = if self.namespace_labels || self.namespace_annotations {
+        let pod = if self.tag_only {
+            None
+        } else {
+            let pod = self.cache.pod(&fields.namespace_name, &fields.pod_name);
+            if pod.is_none() {
+                self.metrics
+                    .kubernetes_meta_missing
+                    .add(events.len() as u64);
+            }
+            pod
+        };
+        let namespace = if !self.tag_only && (self.namespace_labels || self.namespace_annotations) {
             self.cache.namespace(&fields.namespace_name)
         } else {
             None
@@ -210,24 +227,39 @@ impl Kubernetes {
             Value::Map(m)
         });
         let container = &fields.container_name;
-        let suggested_parser = pod
-            .as_deref()
-            .filter(|_| self.logging_parser && self.merge_log)
-            .and_then(|p| annotation_for(p, "fluentbit.io/parser", container, None));
+        // The annotations depend on the record's stream only: looked up once per stream.
+        let mut per_stream: Vec<(Option<Bytes>, bool, Option<&str>)> = Vec::with_capacity(2);
         events.retain_mut(|e| {
-            if let Some(p) = pod.as_deref().filter(|_| self.logging_exclude) {
-                let stream = match e.record.get(b"stream") {
-                    Some(Value::Str(s)) => std::str::from_utf8(s).ok(),
-                    _ => None,
-                };
-                if annotation_for(p, "fluentbit.io/exclude", container, stream)
-                    .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-                {
-                    return false;
+            let stream = match e.record.get(b"stream") {
+                Some(Value::Str(s)) => Some(s.clone()),
+                _ => None,
+            };
+            let (excluded, parser) = match per_stream.iter().find(|(s, _, _)| *s == stream) {
+                Some((_, x, p)) => (*x, *p),
+                None => {
+                    let name = stream.as_deref().and_then(|s| std::str::from_utf8(s).ok());
+                    let excluded =
+                        pod.as_deref()
+                            .filter(|_| self.logging_exclude)
+                            .is_some_and(|p| {
+                                annotation_for(p, "fluentbit.io/exclude", container, name)
+                                    .is_some_and(is_true)
+                            });
+                    let parser = pod
+                        .as_deref()
+                        .filter(|_| self.logging_parser && self.merge_log)
+                        .and_then(|p| annotation_for(p, "fluentbit.io/parser", container, name));
+                    per_stream.push((stream, excluded, parser));
+                    (excluded, parser)
                 }
+            };
+            if excluded {
+                return false;
             }
             if self.merge_log {
-                self.merge(&mut e.record, suggested_parser);
+                if let Some(time) = self.merge(&mut e.record, parser) {
+                    e.time = time;
+                }
             }
             e.record.set(key("kubernetes"), kubernetes.clone());
             if let Some(ns) = &namespace_value {
@@ -256,6 +288,15 @@ impl Kubernetes {
             if self.annotations && !p.annotations.is_empty() {
                 m.push(key("annotations"), pairs(&p.annotations));
             }
+            if let Some(owners) = p
+                .owner_references
+                .as_ref()
+                .filter(|_| self.owner_references)
+            {
+                if let Ok(v) = crate::json::parse(owners.to_string().as_bytes()) {
+                    m.push(key("ownerReferences"), v);
+                }
+            }
             if let Some(host) = &p.host {
                 m.push(key("host"), text(host));
             }
@@ -264,8 +305,12 @@ impl Kubernetes {
             }
         }
         m.push(key("container_name"), text(&fields.container_name));
-        if !fields.docker_id.is_empty() {
-            m.push(key("docker_id"), text(&fields.docker_id));
+        // From the tag, else (a tag without the id, e.g. with Regex_Parser) the status.
+        let docker_id = Some(fields.docker_id.as_str())
+            .filter(|id| !id.is_empty())
+            .or_else(|| container.and_then(|c| c.container_id.as_deref()));
+        if let Some(id) = docker_id {
+            m.push(key("docker_id"), text(id));
         }
         if let Some(c) = container {
             if let Some(hash) = &c.image_id {
@@ -278,29 +323,34 @@ impl Kubernetes {
         Value::Map(m)
     }
 
-    /// `Merge_Log`: a `log` holding a JSON object (or what the pod's suggested parser makes of
-    /// it) is merged into the record, or under `Merge_Log_Key`; `Keep_Log Off` then drops `log`.
-    fn merge(&self, record: &mut Map, parser: Option<&str>) {
+    /// `Merge_Log`: a `log` holding a JSON object (or what the pod's suggested parser, else
+    /// `Merge_Parser`, makes of it) is merged into the record, or under `Merge_Log_Key`;
+    /// `Keep_Log Off` then drops `log`. Returns the time a parser found, for the record.
+    fn merge(&self, record: &mut Map, suggested: Option<&str>) -> Option<crate::record::EventTime> {
         let Some(Value::Str(log)) = record.get(b"log") else {
-            return;
+            return None;
         };
         let log = log.clone();
-        let parsed = match parser.and_then(|name| self.parsers.get(name)) {
-            Some(parser) => parser.parse(&log).map(|(_, m)| m),
+        let parser = suggested
+            .and_then(|name| self.parsers.get(name))
+            .or_else(|| self.merge_parser.clone());
+        let (time, parsed) = match parser {
+            Some(parser) => match parser.parse(&log) {
+                Some((time, m)) => (time, Some(m)),
+                None => (None, None),
+            },
             None => {
                 let trimmed = trim_end(&log);
                 if trimmed.first() != Some(&b'{') {
-                    return;
+                    return None;
                 }
                 match crate::json::parse(trimmed) {
-                    Ok(Value::Map(m)) => Some(m),
-                    _ => None,
+                    Ok(Value::Map(m)) => (None, Some(m)),
+                    _ => (None, None),
                 }
             }
         };
-        let Some(mut merged) = parsed else {
-            return;
-        };
+        let mut merged = parsed?;
         if self.merge_log_trim {
             for (_, v) in merged.0.iter_mut() {
                 if let Value::Str(s) = v {
@@ -316,6 +366,7 @@ impl Kubernetes {
             Some(k) => record.set(k.clone(), Value::Map(merged)),
             None => merged.0.into_iter().for_each(|(k, v)| record.set(k, v)),
         }
+        time
     }
 }
 
@@ -337,6 +388,13 @@ fn annotation_for<'a>(
     }
     names.push(base.to_string());
     names.iter().find_map(|n| pod.annotation(n))
+}
+
+/// Fluent Bit's boolean words for annotation values.
+fn is_true(v: &str) -> bool {
+    ["true", "on", "yes"]
+        .iter()
+        .any(|t| v.eq_ignore_ascii_case(t))
 }
 
 fn trim_end(s: &[u8]) -> &[u8] {
