@@ -3,4 +3,5 @@
 
 pub mod aws;
 pub mod ecs;
+pub mod gcp;
 pub mod local_http;

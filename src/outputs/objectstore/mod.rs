@@ -26,6 +26,7 @@
 
 pub mod compress;
 pub mod key;
+pub mod options;
 pub mod spool;
 pub mod store;
 

@@ -130,6 +130,10 @@ pub struct UploadState {
     /// Local-directory append: the object's length before this chunk was appended.
     #[serde(default)]
     pub append_base: Option<u64>,
+    /// Compose append (GCS): the temporary object holding this chunk until it is composed into
+    /// the object at the key.
+    #[serde(default)]
+    pub component: Option<String>,
 }
 
 impl UploadState {

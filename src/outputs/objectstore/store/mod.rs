@@ -3,7 +3,8 @@
 //! where the service allows), [`ObjectStore::append`] (extend the object at a key, the static-key
 //! mode), [`ObjectStore::probe`] (destination and identity reachable) and
 //! [`ObjectStore::describe`] (destination and identity for logs, never secrets). Backends: a local
-//! directory (`local`, no cloud) and S3 and S3-compatible stores (`s3`).
+//! directory (`local`, no cloud), S3 and S3-compatible stores (`s3`) and Google Cloud Storage
+//! (`gcs`).
 //!
 //! Invariant 1 (no silent loss), kept by every backend: a write never replaces an object it did
 //! not mean to replace, and a retried or resumed write lands its body once. Progress that must
@@ -12,6 +13,7 @@
 //! uploader retries, restarts an upload, renders a new key or reports a permanent failure from
 //! the kind, never from the message text.
 
+pub mod gcs;
 pub mod local;
 pub mod s3;
 
@@ -74,6 +76,7 @@ pub enum Existing {
 pub enum ObjectStore {
     Local(local::LocalDir),
     S3(s3::S3Store),
+    Gcs(gcs::GcsStore),
 }
 
 impl ObjectStore {
@@ -82,6 +85,7 @@ impl ObjectStore {
         match self {
             ObjectStore::Local(l) => format!("directory {}", l.root.display()),
             ObjectStore::S3(s) => s.describe(),
+            ObjectStore::Gcs(g) => g.describe(),
         }
     }
 
@@ -90,6 +94,7 @@ impl ObjectStore {
         match self {
             ObjectStore::Local(l) => l.probe(),
             ObjectStore::S3(s) => s.probe().await,
+            ObjectStore::Gcs(g) => g.probe().await,
         }
     }
 
@@ -105,6 +110,7 @@ impl ObjectStore {
         match self {
             ObjectStore::Local(l) => l.put(key, body, existing),
             ObjectStore::S3(s) => s.put(key, body, existing, state, state_path).await,
+            ObjectStore::Gcs(g) => g.put(key, body, existing, state, state_path).await,
         }
     }
 
@@ -119,6 +125,7 @@ impl ObjectStore {
         match self {
             ObjectStore::Local(l) => l.append(key, body, state, state_path),
             ObjectStore::S3(s) => s.append(key, body, state, state_path).await,
+            ObjectStore::Gcs(g) => g.append(key, body, state, state_path).await,
         }
     }
 }
@@ -127,6 +134,7 @@ impl ObjectStore {
 pub enum StoreSpec {
     Local(PathBuf),
     S3(s3::S3Spec),
+    Gcs(gcs::GcsSpec),
 }
 
 impl StoreSpec {
@@ -134,6 +142,7 @@ impl StoreSpec {
         match self {
             StoreSpec::Local(root) => ObjectStore::Local(local::LocalDir { root }),
             StoreSpec::S3(spec) => ObjectStore::S3(spec.build().await),
+            StoreSpec::Gcs(spec) => ObjectStore::Gcs(spec.build().await),
         }
     }
 }
