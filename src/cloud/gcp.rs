@@ -35,6 +35,8 @@ enum Source {
     /// Application Default Credentials with no file named: gcloud's well-known file, else the
     /// metadata server.
     Default,
+    /// `auth_type none`: no `Authorization` header (local emulators only).
+    Anonymous,
 }
 
 impl GcpIdentity {
@@ -42,6 +44,23 @@ impl GcpIdentity {
     /// `GOOGLE_APPLICATION_CREDENTIALS` itself). A file named here must be readable JSON of a
     /// type this output uses, or the configuration is refused.
     pub fn from_props(p: &Props) -> Result<GcpIdentity, ConfigError> {
+        if let Some(prop) = p.prop("auth_type") {
+            match prop.value.to_ascii_lowercase().as_str() {
+                "adc" => {}
+                "none" if p.prop("endpoint").is_some() => {
+                    return Ok(GcpIdentity {
+                        source: Source::Anonymous,
+                    })
+                }
+                "none" => {
+                    return Err(ConfigError::key(
+                        prop,
+                        "auth_type none is for emulators: set endpoint too",
+                    ))
+                }
+                _ => return Err(ConfigError::key(prop, "expected adc or none")),
+            }
+        }
         if let Some(prop) = p.prop("google_service_credentials") {
             let json =
                 read_credentials(Path::new(&prop.value)).map_err(|e| ConfigError::key(prop, e))?;
@@ -97,6 +116,7 @@ impl GcpIdentity {
                     other => format!("{other} credentials ({}, from {named_by})", path.display()),
                 }
             }
+            Source::Anonymous => "no credentials (auth_type none)".into(),
             Source::Default => match std::env::var("GOOGLE_APPLICATION_CREDENTIALS") {
                 Ok(file) if !file.is_empty() => {
                     format!("application default credentials from GOOGLE_APPLICATION_CREDENTIALS={file}")
@@ -124,6 +144,7 @@ impl GcpIdentity {
                     .build(),
                 _ => unreachable!("checked by read_credentials"),
             },
+            Source::Anonymous => Ok(credentials::anonymous::Builder::new().build()),
             Source::Default => credentials::Builder::default()
                 .with_scopes([STORAGE_SCOPE])
                 .build(),

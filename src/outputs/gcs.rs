@@ -3,8 +3,8 @@
 //! Default Credentials (GKE Workload Identity through the metadata server, Workload Identity
 //! Federation files, service-account keys; [`crate::cloud::gcp`]).
 //!
-//! Differences from Fluent Bit, on purpose: `endpoint` (emulators) and `tls.ca_file`; identities
-//! other than a service-account key; `total_file_size` (default 100M) seals a chunk by size
+//! Differences from Fluent Bit, on purpose: `endpoint` (emulators), `auth_type none` (emulators
+//! only) and `tls.ca_file`; identities other than a service-account key; `total_file_size` (default 100M) seals a chunk by size
 //! besides `upload_timeout`; bodies above `upload_chunk_size` (8M) go by resumable upload; with
 //! `static_file_path true` and a key without `$UUID`/`$INDEX`/time fields each upload
 //! **appends** by compose (`static_file_mode append`, the default; `overwrite` replaces as

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cloudwatch;
+pub mod gcs;
 pub mod peers;
 
 use std::io::{Read, Write};

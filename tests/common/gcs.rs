@@ -1,0 +1,290 @@
+//! GCS test helpers: plain HTTP to gcp-storage-emulator (buckets, listings, downloads), a
+//! checking proxy in front of it (the emulator checks no credentials, so the proxy records the
+//! `Authorization` of every request, and can stand in for an outage or hold a request while the
+//! agent is killed), and a GKE-style metadata server fixture.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::peers::{CredentialEndpoint, Reply};
+
+/// One HTTP/1.0-style exchange: `(status, lower-cased headers, body)`.
+pub fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, HashMap<String, String>, Vec<u8>) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = TcpStream::connect(authority).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, raw[split + 4..].to_vec())
+}
+
+/// A fresh bucket on the emulator at `endpoint`, named after the test.
+pub fn create_bucket(endpoint: &str, name: &str) -> String {
+    let bucket = format!("{name}-{}", std::process::id());
+    let (status, _, body) = http(
+        "POST",
+        &format!("{endpoint}/storage/v1/b?project=test"),
+        &[("Content-Type", "application/json")],
+        format!("{{\"name\":\"{bucket}\"}}").as_bytes(),
+    );
+    assert!(
+        status == 200 || status == 409,
+        "create bucket: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    bucket
+}
+
+/// `(name, size)` of every object under `prefix`.
+pub fn list(endpoint: &str, bucket: &str, prefix: &str) -> Vec<(String, u64)> {
+    let (status, _, body) = http(
+        "GET",
+        &format!("{endpoint}/storage/v1/b/{bucket}/o?prefix={prefix}"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    json["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|o| {
+                    let size = o["size"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .or_else(|| o["size"].as_u64())
+                        .unwrap_or(0);
+                    (o["name"].as_str().unwrap().to_string(), size)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn encode(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The object's bytes, if it exists.
+pub fn download(endpoint: &str, bucket: &str, name: &str) -> Option<Vec<u8>> {
+    let (status, _, body) = http(
+        "GET",
+        &format!(
+            "{endpoint}/download/storage/v1/b/{bucket}/o/{}?alt=media",
+            encode(name)
+        ),
+        &[],
+        b"",
+    );
+    (status == 200).then_some(body)
+}
+
+/// The object's metadata resource, if it exists.
+pub fn object_meta(endpoint: &str, bucket: &str, name: &str) -> Option<serde_json::Value> {
+    let (status, _, body) = http(
+        "GET",
+        &format!("{endpoint}/storage/v1/b/{bucket}/o/{}", encode(name)),
+        &[],
+        b"",
+    );
+    (status == 200).then(|| serde_json::from_slice(&body).unwrap())
+}
+
+/// One request the proxy forwarded: `METHOD path`, its `Authorization` and `Content-Range`.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub line: String,
+    pub authorization: String,
+    pub content_range: String,
+}
+
+/// A checking proxy in front of the emulator (one request per connection).
+pub struct Proxy {
+    pub url: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// While set, connections are closed unanswered (an outage).
+    pub down: Arc<AtomicBool>,
+    /// Chunk PUTs (`Content-Range: bytes N-M/…`) forwarded before further ones are held
+    /// unanswered (so the agent can be killed mid-upload); `usize::MAX`: none held.
+    pub hold_after_chunks: Arc<AtomicUsize>,
+    chunks: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    pub fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let proxy = Proxy {
+            url,
+            seen: Arc::default(),
+            down: Arc::default(),
+            hold_after_chunks: Arc::new(AtomicUsize::new(usize::MAX)),
+            chunks: Arc::default(),
+        };
+        let (seen, down, hold, chunks) = (
+            proxy.seen.clone(),
+            proxy.down.clone(),
+            proxy.hold_after_chunks.clone(),
+            proxy.chunks.clone(),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (seen, down, hold, chunks, upstream) = (
+                    seen.clone(),
+                    down.clone(),
+                    hold.clone(),
+                    chunks.clone(),
+                    upstream.clone(),
+                );
+                std::thread::spawn(move || {
+                    forward(client, &upstream, &seen, &down, &hold, &chunks);
+                });
+            }
+        });
+        proxy
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn forward(
+    client: TcpStream,
+    upstream: &str,
+    seen: &Mutex<Vec<Seen>>,
+    down: &AtomicBool,
+    hold: &AtomicUsize,
+    chunks: &AtomicUsize,
+) {
+    if down.load(Ordering::SeqCst) {
+        return;
+    }
+    let mut reader = BufReader::new(&client);
+    let mut first = String::new();
+    if reader.read_line(&mut first).is_err() || first.is_empty() {
+        return;
+    }
+    let mut head = first.clone();
+    let (mut length, mut authorization, mut content_range) = (0usize, String::new(), String::new());
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap_or((&line, ""));
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+        match k.as_str() {
+            "content-length" => length = v.parse().unwrap_or(0),
+            "authorization" => authorization = v.clone(),
+            "content-range" => content_range = v.clone(),
+            "connection" | "keep-alive" => continue,
+            _ => {}
+        }
+        head.push_str(&line);
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let mut body = vec![0u8; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let mut parts = first.split_whitespace();
+    let line = format!(
+        "{} {}",
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default()
+    );
+    let is_chunk = content_range.starts_with("bytes ") && !content_range.starts_with("bytes */");
+    seen.lock().unwrap().push(Seen {
+        line,
+        authorization,
+        content_range,
+    });
+    if is_chunk && chunks.fetch_add(1, Ordering::SeqCst) >= hold.load(Ordering::SeqCst) {
+        // Held: never answered (the agent is killed meanwhile), never forwarded.
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        return;
+    }
+    if down.load(Ordering::SeqCst) {
+        return;
+    }
+    let Ok(mut up) = TcpStream::connect(upstream) else {
+        return;
+    };
+    if up.write_all(head.as_bytes()).is_err() || up.write_all(&body).is_err() {
+        return;
+    }
+    let mut answer = Vec::new();
+    let _ = up.read_to_end(&mut answer);
+    let _ = (&client).write_all(&answer);
+}
+
+/// A GKE metadata server: the default service account's token, only with
+/// `Metadata-Flavor: Google`; everything else 404.
+pub fn metadata_server(token: &'static str) -> CredentialEndpoint {
+    CredentialEndpoint::start(move |r| {
+        if !r
+            .path
+            .starts_with("/computeMetadata/v1/instance/service-accounts/default/token")
+        {
+            return Reply::new(404, "not found");
+        }
+        if r.headers.get("metadata-flavor").map(String::as_str) != Some("Google") {
+            return Reply::new(403, "missing Metadata-Flavor: Google");
+        }
+        Reply::new(
+            200,
+            format!(
+                "{{\"access_token\":\"{token}\",\"expires_in\":3599,\"token_type\":\"Bearer\"}}"
+            ),
+        )
+        .header("Metadata-Flavor", "Google")
+    })
+}
