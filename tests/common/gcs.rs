@@ -150,6 +150,8 @@ pub struct Proxy {
     /// Chunk PUTs (`Content-Range: bytes N-M/…`) forwarded before further ones are held
     /// unanswered (so the agent can be killed mid-upload); `usize::MAX`: none held.
     pub hold_after_chunks: Arc<AtomicUsize>,
+    /// Requests whose `METHOD path` contains this (when not empty) are held unanswered.
+    pub hold_containing: Arc<Mutex<String>>,
     chunks: Arc<AtomicUsize>,
 }
 
@@ -163,25 +165,21 @@ impl Proxy {
             seen: Arc::default(),
             down: Arc::default(),
             hold_after_chunks: Arc::new(AtomicUsize::new(usize::MAX)),
+            hold_containing: Arc::default(),
             chunks: Arc::default(),
         };
-        let (seen, down, hold, chunks) = (
-            proxy.seen.clone(),
-            proxy.down.clone(),
-            proxy.hold_after_chunks.clone(),
-            proxy.chunks.clone(),
-        );
+        let holds = Holds {
+            after_chunks: proxy.hold_after_chunks.clone(),
+            containing: proxy.hold_containing.clone(),
+            chunks: proxy.chunks.clone(),
+        };
+        let (seen, down) = (proxy.seen.clone(), proxy.down.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let (seen, down, hold, chunks, upstream) = (
-                    seen.clone(),
-                    down.clone(),
-                    hold.clone(),
-                    chunks.clone(),
-                    upstream.clone(),
-                );
+                let (seen, down, holds, upstream) =
+                    (seen.clone(), down.clone(), holds.clone(), upstream.clone());
                 std::thread::spawn(move || {
-                    forward(client, &upstream, &seen, &down, &hold, &chunks);
+                    forward(client, &upstream, &seen, &down, &holds);
                 });
             }
         });
@@ -193,13 +191,20 @@ impl Proxy {
     }
 }
 
+/// Which requests the proxy holds unanswered.
+#[derive(Clone)]
+struct Holds {
+    after_chunks: Arc<AtomicUsize>,
+    containing: Arc<Mutex<String>>,
+    chunks: Arc<AtomicUsize>,
+}
+
 fn forward(
     client: TcpStream,
     upstream: &str,
     seen: &Mutex<Vec<Seen>>,
     down: &AtomicBool,
-    hold: &AtomicUsize,
-    chunks: &AtomicUsize,
+    holds: &Holds,
 ) {
     if down.load(Ordering::SeqCst) {
         return;
@@ -242,12 +247,20 @@ fn forward(
         parts.next().unwrap_or_default()
     );
     let is_chunk = content_range.starts_with("bytes ") && !content_range.starts_with("bytes */");
+    let held = {
+        let containing = holds.containing.lock().unwrap();
+        !containing.is_empty() && line.contains(containing.as_str())
+    };
     seen.lock().unwrap().push(Seen {
         line,
         authorization,
         content_range,
     });
-    if is_chunk && chunks.fetch_add(1, Ordering::SeqCst) >= hold.load(Ordering::SeqCst) {
+    let held = held
+        || (is_chunk
+            && holds.chunks.fetch_add(1, Ordering::SeqCst)
+                >= holds.after_chunks.load(Ordering::SeqCst));
+    if held {
         // Held: never answered (the agent is killed meanwhile), never forwarded.
         std::thread::sleep(std::time::Duration::from_secs(120));
         return;
