@@ -660,3 +660,86 @@ fn kill9_between_compose_steps_neither_loses_nor_repeats() {
         .collect();
     assert_eq!(names, vec![key.to_string()], "components deleted");
 }
+
+/// `examples/gcs-emulator/logferry.conf` as its README runs it: both sample logs land in
+/// `persisted-logs/`, gzip-compressed, every line once.
+#[test]
+fn the_emulator_quickstart_ships_the_sample_logs() {
+    let p = Peers::get();
+    let emulator = p.var("GCS_ENDPOINT");
+    let bucket = create_bucket(emulator, "quickstart");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = repo.join("examples/gcs-emulator/logferry.conf");
+    let env = vec![
+        ("GCS_ENDPOINT", emulator.to_string()),
+        ("BUCKET", bucket.clone()),
+        ("LOG_DIR", repo.join("examples/logs").display().to_string()),
+        ("STATE_DIR", dir.path().display().to_string()),
+    ];
+    let _agent = agent(dir.path(), &cfg, &env);
+    // 11 lines: one docker split line and one CRI partial (`P`) line are joined to the next
+    // by `multiline.parser`.
+    let expected = 9;
+    // `upload_timeout 10s`: the objects appear about ten seconds after the start.
+    wait_until(T, "every sample line uploaded", || {
+        logs(emulator, &bucket, "persisted-logs/").len() >= expected
+    });
+    let names: Vec<String> = list(emulator, &bucket, "")
+        .into_iter()
+        .map(|o| o.0)
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "persisted-logs/namespace-billing.pod-api-5f6d7c8b9-qwert.cont-app".to_string(),
+            "persisted-logs/namespace-shop.pod-web-7d9f8b6c5d-x2x9k.cont-nginx".to_string(),
+        ]
+    );
+    let body = download(emulator, &bucket, &names[0]).unwrap();
+    assert!(body.starts_with(&[0x1f, 0x8b]), "gzip");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(logs(emulator, &bucket, "persisted-logs/").len(), expected);
+}
+
+/// `deploy/gcp/fluentbit-configmap.yaml`'s `fluent-bit.conf` passes `--dry-run` (its parsers
+/// files placed where the DaemonSet mounts them, here under a temp dir).
+#[test]
+fn the_gke_configmap_passes_dry_run() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let yaml: serde_json::Value = serde_norway::from_str(
+        &std::fs::read_to_string(repo.join("deploy/gcp/fluentbit-configmap.yaml")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let custom = dir.path().join("custom_parsers.conf");
+    std::fs::write(
+        &custom,
+        yaml["data"]["custom_parsers.conf"].as_str().unwrap(),
+    )
+    .unwrap();
+    let conf = yaml["data"]["fluent-bit.conf"]
+        .as_str()
+        .unwrap()
+        .replace(
+            "/fluent-bit/etc/parsers.conf",
+            &repo.join("conf/parsers.conf").display().to_string(),
+        )
+        .replace(
+            "/fluent-bit/etc/conf/custom_parsers.conf",
+            &custom.display().to_string(),
+        );
+    assert!(conf.contains("Name gcs"));
+    let cfg = write_config(dir.path(), "fluent-bit.conf", &conf);
+    let out = Command::new(env!("CARGO_BIN_EXE_logferry"))
+        .args(["--dry-run", "-c"])
+        .arg(&cfg)
+        .env_remove("GOOGLE_SERVICE_CREDENTIALS")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

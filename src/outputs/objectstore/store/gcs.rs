@@ -281,11 +281,17 @@ impl GcsStore {
         StoreError::new(classify(status, &reason), text)
     }
 
+    /// Lists at most one object: needs only `storage.objects.list`, which the object roles
+    /// grant (a bucket GET needs `storage.buckets.get`, which `roles/storage.objectAdmin` lacks).
     pub(super) async fn probe(&self) -> Result<(), StoreError> {
-        let what = format!("get bucket {}", self.bucket);
+        let what = format!("list bucket {}", self.bucket);
         let (client, auth) = self.client(&what).await?;
-        let url = format!("{}/storage/v1/b/{}", self.base, encode(&self.bucket));
-        let resp = self.send(&what, client.get(url).headers(auth)).await?;
+        let url = format!("{}/storage/v1/b/{}/o", self.base, encode(&self.bucket));
+        let req = client
+            .get(url)
+            .query(&[("maxResults", "1"), ("fields", "kind")])
+            .headers(auth);
+        let resp = self.send(&what, req).await?;
         if resp.status().is_success() {
             return Ok(());
         }
