@@ -78,9 +78,10 @@ fn media_upload_with_the_gke_metadata_server_token() {
         logs(emulator, &bucket, "fluent-bit-logs/").len() >= 300
     });
     let objects = list(emulator, &bucket, "");
-    // Fluent Bit's default key: fluent-bit-logs/$TAG/%Y/%m/%d/%H/%M/%S, plus -object<8>.
+    // Fluent Bit's gcs key: fluent-bit-logs/$TAG/%Y/%m/%d/%H/%M/%S of the upload time (the
+    // sample records' times are "now" too), plus -object<8 hex>.
     let re = fancy_regex::Regex::new(
-        r"^fluent-bit-logs/app\.log/\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}-object[A-Za-z0-9]{8}$",
+        r"^fluent-bit-logs/app\.log/\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}-object[0-9a-f]{8}$",
     )
     .unwrap();
     for (name, _) in &objects {

@@ -9,15 +9,14 @@
 //! `static_file_path true` and a key without `$UUID`/`$INDEX`/time fields each upload
 //! **appends** by compose (`static_file_mode append`, the default; `overwrite` replaces as
 //! Fluent Bit does); new objects are never replaced (`ifGenerationMatch=0`); `compression zstd`;
-//! a leading `/` in `gcs_key_format` is dropped (so an `s3_key_format` carries over); key times
-//! are the first record's (Fluent Bit's gcs uses the upload time) and the `-object` suffix is 8
-//! alphanumerics (Fluent Bit's gcs: 8 hex digits). Bodies are Fluent Bit's: JSON Lines with no
-//! date key (`json_date_key` adds one).
+//! a leading `/` in `gcs_key_format` is dropped (so an `s3_key_format` carries over). Keys are
+//! Fluent Bit's gcs keys (strftime of the upload time, `-object` + 8 hex digits); bodies are its
+//! JSON Lines with no date key (`json_date_key` adds one).
 
 use std::time::Duration;
 
 use super::format::DateKey;
-use super::objectstore::key::KeyFormat;
+use super::objectstore::key::{KeyFormat, KeyTime, SuffixAlphabet};
 use super::objectstore::store::gcs::{GcsSpec, ObjectOptions, CHUNK_GRANULE, DEFAULT_CHUNK};
 use super::objectstore::store::StoreSpec;
 use super::objectstore::{options, BodyFormat, ObjectStoreOutput, UploadSettings};
@@ -92,6 +91,8 @@ pub fn build(
         key: KeyFormat {
             format: p.string_or("gcs_key_format", "fluent-bit-logs/$TAG/%Y/%m/%d/%H/%M/%S"),
             delimiters: p.string_or("gcs_key_format_tag_delimiters", "."),
+            time: KeyTime::Upload,
+            suffix: SuffixAlphabet::Hex,
         },
         static_file_path: p.bool("static_file_path", false)?,
         append: options::appends(p)?,

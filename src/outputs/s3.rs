@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::format::DateKey;
-use super::objectstore::key::KeyFormat;
+use super::objectstore::key::{KeyFormat, KeyTime, SuffixAlphabet};
 use super::objectstore::store::s3::{PutOptions, S3Spec, MIN_PART};
 use super::objectstore::store::StoreSpec;
 use super::objectstore::{options, BodyFormat, ObjectStoreOutput, UploadSettings};
@@ -81,6 +81,8 @@ pub fn build(
         key: KeyFormat {
             format: key_format,
             delimiters: p.string_or("s3_key_format_tag_delimiters", "."),
+            time: KeyTime::FirstRecord,
+            suffix: SuffixAlphabet::Alphanumeric,
         },
         static_file_path: p.bool("static_file_path", false)?,
         append,

@@ -387,7 +387,7 @@ impl UploadCtx {
                 // Fluent Bit's suffix for keys that would otherwise repeat, on every upload path
                 // (Fluent Bit adds it to PutObject only, so its multipart uploads can collide).
                 if !s.key.has_uuid_or_index() && !s.static_file_path {
-                    key = format!("{key}-object{}", key::random_alnum(8));
+                    key = format!("{key}-object{}", s.key.suffix.random(8));
                 }
                 state.key = Some(key.clone());
                 save(&state)?;
