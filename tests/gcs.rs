@@ -472,6 +472,12 @@ fn service_account_key_file_signs_its_token() {
 #[test]
 fn bad_config_is_refused_naming_the_option() {
     let dir = tempfile::tempdir().unwrap();
+    let key_only = dir.path().join("key.pem");
+    std::fs::write(
+        &key_only,
+        "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let not_creds = dir.path().join("user.json");
     std::fs::write(&not_creds, r#"{"type":"authorized_user"}"#).unwrap();
     let cases = [
@@ -509,6 +515,10 @@ fn bad_config_is_refused_naming_the_option() {
             "verification off is not supported",
         ),
         ("    bucket b\n    auth_type none\n", "set endpoint too"),
+        (
+            &format!("    bucket b\n    tls.ca_file {}\n", key_only.display()),
+            "no PEM certificate",
+        ),
     ];
     for (extra, expected) in cases {
         let cfg = write_config(
@@ -743,4 +753,36 @@ fn the_gke_configmap_passes_dry_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// HTTPS to the endpoint is verified: a private CA is trusted only through `tls.ca_file`.
+#[test]
+fn tls_ca_file_trusts_a_private_ca_and_nothing_else_does() {
+    let p = Peers::get();
+    let emulator = p.var("GCS_ENDPOINT");
+    let bucket = create_bucket(emulator, "tls");
+    let (proxy, ca_pem) = Proxy::start_tls(emulator);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    append_numbered(&dir.path().join("app.log"), "t", 0, 50);
+    let cfg = config(dir.path(), &proxy.url, &bucket, "    auth_type none\n");
+    let a = agent(dir.path(), &cfg, &[]);
+    wait_until(T, "certificate refused", || {
+        a.log_text()
+            .contains("upload failed, data kept in the spool")
+    });
+    assert!(list(emulator, &bucket, "").is_empty());
+    drop(a);
+    let cfg = config(
+        dir.path(),
+        &proxy.url,
+        &bucket,
+        &format!("    auth_type none\n    tls.ca_file {}\n", ca.display()),
+    );
+    let _b = agent(dir.path(), &cfg, &[]);
+    wait_until(T, "uploaded over HTTPS", || {
+        logs(emulator, &bucket, "").len() >= 50
+    });
+    assert_eq!(assert_all_present(&logs(emulator, &bucket, ""), "t", 50), 0);
 }

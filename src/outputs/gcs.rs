@@ -117,8 +117,11 @@ pub fn build(
     let ca_file = p.str("tls.ca_file").map(std::path::PathBuf::from);
     if let (Some(path), Some(prop)) = (&ca_file, p.prop("tls.ca_file")) {
         let pem = std::fs::read(path).map_err(|e| ConfigError::key(prop, format!("{e}")))?;
-        reqwest::Certificate::from_pem_bundle(&pem)
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| ConfigError::key(prop, format!("not a PEM certificate bundle: {e}")))?;
+        if certs.is_empty() {
+            return Err(ConfigError::key(prop, "no PEM certificate in this file"));
+        }
     }
     let store = StoreSpec::Gcs(GcsSpec {
         identity: GcpIdentity::from_props(p)?,

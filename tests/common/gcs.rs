@@ -157,8 +157,46 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(upstream: &str) -> Proxy {
+        Self::start_with(upstream, None)
+    }
+
+    /// The same proxy on HTTPS with a certificate for 127.0.0.1 from a test CA; returns the
+    /// CA's PEM for `tls.ca_file`.
+    pub fn start_tls(upstream: &str) -> (Proxy, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "logferry gcs test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        (
+            Self::start_with(upstream, Some(Arc::new(config))),
+            ca_cert.pem(),
+        )
+    }
+
+    fn start_with(upstream: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let upstream = upstream.trim_start_matches("http://").to_string();
         let proxy = Proxy {
             url,
@@ -176,10 +214,20 @@ impl Proxy {
         let (seen, down) = (proxy.seen.clone(), proxy.down.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let (seen, down, holds, upstream) =
-                    (seen.clone(), down.clone(), holds.clone(), upstream.clone());
-                std::thread::spawn(move || {
-                    forward(client, &upstream, &seen, &down, &holds);
+                let (seen, down, holds, upstream, tls) = (
+                    seen.clone(),
+                    down.clone(),
+                    holds.clone(),
+                    upstream.clone(),
+                    tls.clone(),
+                );
+                std::thread::spawn(move || match tls {
+                    None => forward(client, &upstream, &seen, &down, &holds),
+                    Some(config) => {
+                        let conn = rustls::ServerConnection::new(config).unwrap();
+                        let stream = rustls::StreamOwned::new(conn, client);
+                        forward(stream, &upstream, &seen, &down, &holds)
+                    }
                 });
             }
         });
@@ -200,7 +248,7 @@ struct Holds {
 }
 
 fn forward(
-    client: TcpStream,
+    mut client: impl Read + Write,
     upstream: &str,
     seen: &Mutex<Vec<Seen>>,
     down: &AtomicBool,
@@ -209,7 +257,7 @@ fn forward(
     if down.load(Ordering::SeqCst) {
         return;
     }
-    let mut reader = BufReader::new(&client);
+    let mut reader = BufReader::new(&mut client);
     let mut first = String::new();
     if reader.read_line(&mut first).is_err() || first.is_empty() {
         return;
@@ -240,6 +288,7 @@ fn forward(
     if reader.read_exact(&mut body).is_err() {
         return;
     }
+    drop(reader);
     let mut parts = first.split_whitespace();
     let line = format!(
         "{} {}",
@@ -276,7 +325,8 @@ fn forward(
     }
     let mut answer = Vec::new();
     let _ = up.read_to_end(&mut answer);
-    let _ = (&client).write_all(&answer);
+    let _ = client.write_all(&answer);
+    let _ = client.flush();
 }
 
 /// A GKE metadata server: the default service account's token, only with
