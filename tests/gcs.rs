@@ -404,21 +404,7 @@ fn service_account_key_file_signs_its_token() {
     let bucket = create_bucket(emulator, "sakey");
     let proxy = Proxy::start(emulator);
     let dir = tempfile::tempdir().unwrap();
-    let pem = dir.path().join("key.pem");
-    let ok = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&pem)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
     let key_file = dir.path().join("sa.json");
     std::fs::write(
         &key_file,
@@ -426,7 +412,7 @@ fn service_account_key_file_signs_its_token() {
             "type": "service_account",
             "project_id": "test-project",
             "private_key_id": "test-key-id-1",
-            "private_key": std::fs::read_to_string(&pem).unwrap(),
+            "private_key": rsa.serialize_pem(),
             "client_email": "logferry@test-project.iam.gserviceaccount.com",
             "client_id": "1",
             "token_uri": format!("{}/token", p.var("OIDC_ISSUER")),
