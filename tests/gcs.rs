@@ -772,3 +772,51 @@ fn tls_ca_file_trusts_a_private_ca_and_nothing_else_does() {
     });
     assert_eq!(assert_all_present(&logs(emulator, &bucket, ""), "t", 50), 0);
 }
+
+/// A refusal (403 with the JSON API's error body) is reported at once, naming the bucket, the
+/// object, the status, the reason and the identity; the data stays spooled and goes out once
+/// the refusal ends.
+#[test]
+fn a_refusal_names_bucket_object_status_reason_and_identity() {
+    let p = Peers::get();
+    let emulator = p.var("GCS_ENDPOINT");
+    let bucket = create_bucket(emulator, "refused");
+    let proxy = Proxy::start(emulator);
+    let body = r#"{"error":{"code":403,"message":"logferry@p.iam.gserviceaccount.com does not have storage.objects.create access.","errors":[{"reason":"forbidden"}]}}"#;
+    *proxy.answer.lock().unwrap() = Some(format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    let metadata = metadata_server(GKE_TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    append_numbered(&dir.path().join("app.log"), "d", 0, 50);
+    let cfg = config(
+        dir.path(),
+        &proxy.url,
+        &bucket,
+        "    gcs_key_format logs/$TAG/$INDEX\n",
+    );
+    let a = agent(dir.path(), &cfg, &gke_env(&metadata));
+    wait_until(T, "refusal logged", || {
+        a.log_text().contains("upload refused")
+    });
+    let log = a.log_text();
+    let line = log.lines().find(|l| l.contains("upload refused")).unwrap();
+    for part in [
+        &format!("gs://{bucket}/logs/app.log/"),
+        "HTTP 403 forbidden",
+        "does not have storage.objects.create access",
+        "metadata server at 127.0.0.1:",
+    ] {
+        assert!(line.contains(part), "{part:?} missing in: {line}");
+    }
+    assert!(!log.contains(GKE_TOKEN));
+    *proxy.answer.lock().unwrap() = None;
+    wait_until(T, "uploaded after the refusal ended", || {
+        logs(emulator, &bucket, "logs/").len() >= 50
+    });
+    assert_eq!(
+        assert_all_present(&logs(emulator, &bucket, "logs/"), "d", 50),
+        0
+    );
+}

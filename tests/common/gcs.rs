@@ -152,6 +152,8 @@ pub struct Proxy {
     pub hold_after_chunks: Arc<AtomicUsize>,
     /// Requests whose `METHOD path` contains this (when not empty) are held unanswered.
     pub hold_containing: Arc<Mutex<String>>,
+    /// While set, every request gets this raw HTTP answer instead of the emulator's.
+    pub answer: Arc<Mutex<Option<String>>>,
     chunks: Arc<AtomicUsize>,
 }
 
@@ -204,6 +206,7 @@ impl Proxy {
             down: Arc::default(),
             hold_after_chunks: Arc::new(AtomicUsize::new(usize::MAX)),
             hold_containing: Arc::default(),
+            answer: Arc::default(),
             chunks: Arc::default(),
         };
         let holds = Holds {
@@ -211,22 +214,22 @@ impl Proxy {
             containing: proxy.hold_containing.clone(),
             chunks: proxy.chunks.clone(),
         };
-        let (seen, down) = (proxy.seen.clone(), proxy.down.clone());
+        let (seen, down, answer) = (proxy.seen.clone(), proxy.down.clone(), proxy.answer.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let (seen, down, holds, upstream, tls) = (
-                    seen.clone(),
-                    down.clone(),
-                    holds.clone(),
-                    upstream.clone(),
-                    tls.clone(),
-                );
+                let ctx = Ctx {
+                    upstream: upstream.clone(),
+                    seen: seen.clone(),
+                    down: down.clone(),
+                    holds: holds.clone(),
+                    answer: answer.clone(),
+                };
+                let tls = tls.clone();
                 std::thread::spawn(move || match tls {
-                    None => forward(client, &upstream, &seen, &down, &holds),
+                    None => forward(client, &ctx),
                     Some(config) => {
                         let conn = rustls::ServerConnection::new(config).unwrap();
-                        let stream = rustls::StreamOwned::new(conn, client);
-                        forward(stream, &upstream, &seen, &down, &holds)
+                        forward(rustls::StreamOwned::new(conn, client), &ctx)
                     }
                 });
             }
@@ -247,13 +250,17 @@ struct Holds {
     chunks: Arc<AtomicUsize>,
 }
 
-fn forward(
-    mut client: impl Read + Write,
-    upstream: &str,
-    seen: &Mutex<Vec<Seen>>,
-    down: &AtomicBool,
-    holds: &Holds,
-) {
+/// What each proxied connection shares.
+struct Ctx {
+    upstream: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    down: Arc<AtomicBool>,
+    holds: Holds,
+    answer: Arc<Mutex<Option<String>>>,
+}
+
+fn forward(mut client: impl Read + Write, ctx: &Ctx) {
+    let (seen, down, holds, upstream) = (&ctx.seen, &ctx.down, &ctx.holds, &ctx.upstream);
     if down.load(Ordering::SeqCst) {
         return;
     }
@@ -315,6 +322,11 @@ fn forward(
         return;
     }
     if down.load(Ordering::SeqCst) {
+        return;
+    }
+    if let Some(canned) = ctx.answer.lock().unwrap().clone() {
+        let _ = client.write_all(canned.as_bytes());
+        let _ = client.flush();
         return;
     }
     let Ok(mut up) = TcpStream::connect(upstream) else {
