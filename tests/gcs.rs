@@ -115,7 +115,9 @@ fn media_upload_with_the_gke_metadata_server_token() {
         .requests()
         .iter()
         .any(|r| r.starts_with("GET /computeMetadata/v1/instance/service-accounts/default/token")));
-    assert!(a.log_text().contains("first upload confirmed"));
+    wait_until(T, "upload confirmed in the log", || {
+        a.log_text().contains("first upload confirmed")
+    });
     assert!(!a.log_text().contains(GKE_TOKEN), "token in the log");
 }
 
@@ -289,6 +291,9 @@ fn static_key_appends_by_compose_across_uploads_and_a_restart() {
             .map(|n| format!("c-{n:08} some padding text to make the line a realistic length"))
             .collect();
         assert_eq!(values, expected, "{compression}: in order");
+        wait_until(T, "components deleted", || {
+            list(emulator, &bucket, "").len() == 1
+        });
         let names: Vec<String> = list(emulator, &bucket, "")
             .into_iter()
             .map(|o| o.0)
@@ -575,6 +580,9 @@ fn union_configmap_with_gcs_output_writes_every_line_once() {
     let values = read();
     assert_eq!(values.len(), 1500);
     assert_eq!(assert_all_present(&values, "u", 1500), 0);
+    wait_until(T, "components deleted", || {
+        list(emulator, &bucket, "").len() == 1
+    });
     let names: Vec<String> = list(emulator, &bucket, "")
         .into_iter()
         .map(|o| o.0)
@@ -651,6 +659,9 @@ fn kill9_between_compose_steps_neither_loses_nor_repeats() {
         .map(|n| format!("x-{n:08} some padding text to make the line a realistic length"))
         .collect();
     assert_eq!(values, expected, "each line once, in order");
+    wait_until(T, "components deleted", || {
+        list(emulator, &bucket, "").len() == 1
+    });
     let names: Vec<String> = list(emulator, &bucket, "")
         .into_iter()
         .map(|o| o.0)
