@@ -831,3 +831,63 @@ fn a_refusal_names_bucket_object_status_reason_and_identity() {
         0
     );
 }
+
+/// Tokens are refreshed before they expire: with a token 245 s from expiry (inside the
+/// crate's 4-minute refresh margin) the metadata server is asked again, and later uploads carry
+/// the new token.
+#[test]
+fn the_token_is_refreshed_before_it_expires() {
+    let p = Peers::get();
+    let emulator = p.var("GCS_ENDPOINT");
+    let bucket = create_bucket(emulator, "refresh");
+    let proxy = Proxy::start(emulator);
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = issued.clone();
+    let metadata = CredentialEndpoint::start(move |r| {
+        if r.headers.get("metadata-flavor").map(String::as_str) != Some("Google")
+            || !r.path.contains("/service-accounts/default/token")
+        {
+            return Reply::new(403, "no");
+        }
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        Reply::new(
+            200,
+            format!("{{\"access_token\":\"ya29.token-{n}\",\"expires_in\":245,\"token_type\":\"Bearer\"}}"),
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    append_numbered(&log, "e", 0, 50);
+    let cfg = config(
+        dir.path(),
+        &proxy.url,
+        &bucket,
+        "    gcs_key_format logs/$TAG/$INDEX\n",
+    );
+    let _agent = agent(dir.path(), &cfg, &gke_env(&metadata));
+    wait_until(T, "first upload", || {
+        logs(emulator, &bucket, "logs/").len() >= 50
+    });
+    wait_until(T, "a second token fetched", || {
+        issued.load(Ordering::SeqCst) >= 2
+    });
+    proxy.seen.lock().unwrap().clear();
+    append_numbered(&log, "e", 50, 50);
+    wait_until(T, "second upload", || {
+        logs(emulator, &bucket, "logs/").len() >= 100
+    });
+    let seen = proxy.seen();
+    assert!(!seen.is_empty());
+    // A refreshed token (2, or a later one: the crate refreshes again every few seconds while
+    // the token is inside its margin), never the first.
+    assert!(
+        seen.iter()
+            .all(|s| s.authorization.starts_with("Bearer ya29.token-")
+                && s.authorization != "Bearer ya29.token-1"),
+        "later requests carry a refreshed token: {seen:?}"
+    );
+    assert_eq!(
+        assert_all_present(&logs(emulator, &bucket, "logs/"), "e", 100),
+        0
+    );
+}
