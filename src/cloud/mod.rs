@@ -4,4 +4,5 @@
 pub mod aws;
 pub mod azure;
 pub mod ecs;
+pub mod gcp;
 pub mod local_http;

@@ -292,7 +292,10 @@ impl Pipeline {
             let retry_limit = outputs::parse_retry_limit(&p, outputs::default_retry_limit(&name))?;
             let instance = alias.clone().unwrap_or_else(|| format!("{name}.{index}"));
             let plugin = OutputPlugin::build(&name, &instance, &p, &service)?;
-            if name != "forward" && name != "azure_blob" {
+            if name == "gcs" {
+                // `gcs` trusts `tls.ca_file` besides the system roots; verification stays on.
+                reject_tls_verify_off(&p)?;
+            } else if name != "forward" && name != "azure_blob" {
                 // `forward` and `azure_blob` apply `tls.verify` and `tls.ca_file` themselves.
                 reject_unimplemented_tls(&p)?;
             }
@@ -550,12 +553,17 @@ impl Pipeline {
 
 /// `tls.verify Off` and `tls.ca_file` are not applied to outputs yet: refused, rather than
 /// accepted without effect (a user who set them expects a behaviour they would not get).
-fn reject_unimplemented_tls(p: &Props) -> Result<(), ConfigError> {
+fn reject_tls_verify_off(p: &Props) -> Result<(), ConfigError> {
     if let Some(v) = p.prop("tls.verify") {
         if crate::config::units::parse_bool(&v.value) == Some(false) {
             return Err(ConfigError::key(v, "turning certificate verification off is not supported: trust the server's CA instead (add it to the system store, or point SSL_CERT_FILE at a bundle that includes it)"));
         }
     }
+    Ok(())
+}
+
+fn reject_unimplemented_tls(p: &Props) -> Result<(), ConfigError> {
+    reject_tls_verify_off(p)?;
     if let Some(v) = p.prop("tls.ca_file") {
         return Err(ConfigError::key(v, "not supported yet for outputs: add the CA to the system store, or point SSL_CERT_FILE at a bundle that includes it"));
     }

@@ -20,7 +20,7 @@ use base64::Engine;
 
 use super::format::DateKey;
 use super::objectstore::compress::Compression;
-use super::objectstore::key::KeyFormat;
+use super::objectstore::key::{KeyFormat, KeyTime};
 use super::objectstore::store::azure::{AzureSpec, BlobType, APPEND_BLOCK_LIMIT, BLOCK_SIZE};
 use super::objectstore::store::StoreSpec;
 use super::objectstore::{
@@ -157,6 +157,7 @@ pub fn build(
         key: KeyFormat {
             format: key_format,
             delimiters: ".".into(),
+            time: KeyTime::FirstRecord,
         },
         key_suffix: KeySuffix::AzureBlock {
             random_len: random_len as usize,

@@ -15,6 +15,7 @@ pub mod cloudwatch;
 pub mod file;
 pub mod format;
 pub mod forward;
+pub mod gcs;
 pub mod objectstore;
 pub mod s3;
 pub mod stdout;
@@ -81,6 +82,12 @@ impl OutputPlugin {
                 service.storage_path.as_deref(),
                 service.backoff,
             )?)),
+            "gcs" => OutputPlugin::ObjectStore(Box::new(gcs::build(
+                p,
+                instance,
+                service.storage_path.as_deref(),
+                service.backoff,
+            )?)),
             "cloudwatch_logs" | "cloudwatch" => {
                 let flavour = if name == "cloudwatch" {
                     cloudwatch::Flavour::Go
@@ -98,7 +105,7 @@ impl OutputPlugin {
                 let prop = p.prop("name").expect("name checked by the caller");
                 return Err(ConfigError::key(
                     prop,
-                    format!("unknown output plugin '{other}' (null, stdout, file, forward, s3, cloudwatch_logs, cloudwatch)"),
+                    format!("unknown output plugin '{other}' (null, stdout, file, forward, s3, gcs, cloudwatch_logs, cloudwatch)"),
                 ));
             }
         })

@@ -18,13 +18,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::format::DateKey;
-use super::objectstore::compress::Compression;
-use super::objectstore::key::KeyFormat;
+use super::objectstore::key::{KeyFormat, KeyTime, SuffixAlphabet};
 use super::objectstore::store::s3::{PutOptions, S3Spec, MIN_PART};
 use super::objectstore::store::StoreSpec;
-use super::objectstore::{
-    BodyFormat, KeySuffix, ObjectStoreOutput, SpoolDir, UploadSettings, DEFAULT_SPOOL_LIMIT,
-};
+use super::objectstore::{options, BodyFormat, KeySuffix, ObjectStoreOutput, UploadSettings};
 use super::Backoff;
 use crate::cloud::aws::{with_scheme, AwsIdentity};
 use crate::config::{ConfigError, Props};
@@ -66,15 +63,7 @@ pub fn build(
             ));
         }
     }
-    let compression = match p.prop("compression") {
-        None => Compression::None,
-        Some(c) => Compression::parse(&c.value).ok_or_else(|| {
-            ConfigError::key(
-                c,
-                format!("compression '{}' is not supported (gzip, zstd)", c.value),
-            )
-        })?,
-    };
+    let compression = options::compression(p)?;
     if let Some(f) = p.prop("format") {
         if !f.value.eq_ignore_ascii_case("json_lines") {
             return Err(ConfigError::key(f, "only format json_lines is supported"));
@@ -84,14 +73,7 @@ pub fn build(
         Some(k) => BodyFormat::LogKey(k.as_bytes().to_vec()),
         None => BodyFormat::JsonLines(DateKey::from_props(p, DateFormat::Iso8601)?),
     };
-    let append = match p.prop("static_file_mode") {
-        None => true,
-        Some(m) => match m.value.to_ascii_lowercase().as_str() {
-            "append" => true,
-            "overwrite" => false,
-            _ => return Err(ConfigError::key(m, "expected append or overwrite")),
-        },
-    };
+    let append = options::appends(p)?;
     // Unlimited: uploads are retried until they succeed either way; the limit only decides
     // when a chunk counts as a retry failure.
     let retry_limit = super::parse_retry_limit(p, Some(5))?.unwrap_or(u32::MAX - 1);
@@ -99,8 +81,9 @@ pub fn build(
         key: KeyFormat {
             format: key_format,
             delimiters: p.string_or("s3_key_format_tag_delimiters", "."),
+            time: KeyTime::FirstRecord,
         },
-        key_suffix: KeySuffix::S3Object,
+        key_suffix: KeySuffix::Object(SuffixAlphabet::Alphanumeric),
         static_file_path: p.bool("static_file_path", false)?,
         append,
         compression,
@@ -131,22 +114,7 @@ pub fn build(
         }),
     };
     // Resolved and created at start, so `--dry-run` writes nothing.
-    let spool_dir = match p.str("store_dir") {
-        Some(d) => SpoolDir {
-            base: Some(PathBuf::from(d)),
-            sub: PathBuf::from(&bucket),
-        },
-        None => SpoolDir {
-            base: storage_path.map(PathBuf::from),
-            sub: PathBuf::from(instance).join(&bucket),
-        },
-    };
-    // Fluent Bit's generic `storage.total_limit_size` bounds an output's on-disk buffer: here
-    // that is the spool, unless `store_dir_limit_size` says otherwise.
-    let limit = match p.prop("store_dir_limit_size") {
-        Some(_) => p.size("store_dir_limit_size", DEFAULT_SPOOL_LIMIT)?,
-        None => p.size("storage.total_limit_size", DEFAULT_SPOOL_LIMIT)?,
-    };
+    let (spool_dir, limit) = options::spool(p, instance, storage_path, &bucket)?;
     p.accept(&[
         "preserve_data_ordering",
         "auto_retry_requests",

@@ -4,6 +4,7 @@
 
 pub mod azure;
 pub mod cloudwatch;
+pub mod gcs;
 pub mod node;
 pub mod peers;
 

@@ -1,6 +1,7 @@
 //! Object keys from Fluent Bit's `s3_key_format`: `$TAG`, `$TAG[n]` (split on any character of
 //! `s3_key_format_tag_delimiters`, empty parts skipped), `$INDEX`, `$UUID` (8 random
-//! alphanumerics), then strftime in UTC of the first record's time. Fluent Bit's order is kept.
+//! alphanumerics), then strftime in UTC of the first record's time (`s3`) or the upload time
+//! (`gcs`), as each Fluent Bit plugin does. Fluent Bit's order is kept.
 
 use rand::Rng;
 
@@ -10,6 +11,37 @@ use crate::record::EventTime;
 pub struct KeyFormat {
     pub format: String,
     pub delimiters: String,
+    /// Whose time the strftime fields show.
+    pub time: KeyTime,
+}
+
+/// Fluent Bit's `s3` renders key times from the chunk's first record, its `gcs` from the
+/// moment of upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyTime {
+    FirstRecord,
+    Upload,
+}
+
+/// Fluent Bit's `s3` suffixes `-object` + 8 letters and digits, its `gcs` 8 lower-case hex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuffixAlphabet {
+    Alphanumeric,
+    Hex,
+}
+
+impl SuffixAlphabet {
+    pub fn random(self, n: usize) -> String {
+        match self {
+            SuffixAlphabet::Alphanumeric => random_alnum(n),
+            SuffixAlphabet::Hex => {
+                let mut rng = rand::rng();
+                (0..n)
+                    .map(|_| char::from_digit(rng.random_range(0..16), 16).expect("hex digit"))
+                    .collect()
+            }
+        }
+    }
 }
 
 impl KeyFormat {
@@ -22,7 +54,8 @@ impl KeyFormat {
         !self.has_uuid_or_index() && !self.format.contains('%')
     }
 
-    /// The object key (without the leading `/` the format starts with).
+    /// The object key (without the leading `/` the format starts with); `first_record` is the
+    /// chunk's first record time, used when [`KeyTime::FirstRecord`].
     pub fn render(&self, tag: &str, index: u64, first_record: EventTime) -> String {
         let parts: Vec<&str> = tag
             .split(|c| self.delimiters.contains(c))
@@ -42,8 +75,11 @@ impl KeyFormat {
             key = key.replacen("$UUID", &random_alnum(8), 1);
         }
         if key.contains('%') {
-            let when = chrono::DateTime::from_timestamp(first_record.sec, first_record.nsec)
-                .unwrap_or_default();
+            let t = match self.time {
+                KeyTime::FirstRecord => first_record,
+                KeyTime::Upload => EventTime::now(),
+            };
+            let when = chrono::DateTime::from_timestamp(t.sec, t.nsec).unwrap_or_default();
             let mut rendered = String::new();
             use std::fmt::Write;
             if write!(rendered, "{}", when.format(&key)).is_ok() {
@@ -71,6 +107,7 @@ mod tests {
         let k = KeyFormat {
             format: "/$TAG[2]/$TAG[0]/%Y/%m/%d/%H/%M/%S/$UUID.gz".into(),
             delimiters: ".-".into(),
+            time: KeyTime::FirstRecord,
         };
         let key = k.render(
             "my_app_name-logs.prod",
@@ -95,6 +132,7 @@ mod tests {
         let k = KeyFormat {
             format: "/persisted-logs/$TAG".into(),
             delimiters: ".".into(),
+            time: KeyTime::FirstRecord,
         };
         assert!(k.is_static());
         assert_eq!(
@@ -104,7 +142,27 @@ mod tests {
         let k = KeyFormat {
             format: "/logs/$TAG/$INDEX".into(),
             delimiters: ".".into(),
+            time: KeyTime::FirstRecord,
         };
         assert_eq!(k.render("t", 7, EventTime::default()), "logs/t/7");
+    }
+
+    #[test]
+    fn gcs_keys_take_the_upload_time_and_a_hex_suffix() {
+        let k = KeyFormat {
+            format: "logs/%Y".into(),
+            delimiters: ".".into(),
+            time: KeyTime::Upload,
+        };
+        let year = chrono::Utc::now().format("%Y").to_string();
+        assert_eq!(
+            k.render("t", 0, EventTime::default()),
+            format!("logs/{year}")
+        );
+        let s = SuffixAlphabet::Hex.random(8);
+        assert_eq!(s.len(), 8);
+        assert!(s
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
 }

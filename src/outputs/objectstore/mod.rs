@@ -26,6 +26,7 @@
 
 pub mod compress;
 pub mod key;
+pub mod options;
 pub mod spool;
 pub mod store;
 
@@ -42,7 +43,7 @@ use super::Backoff;
 use crate::engine::metrics::{HealthWindow, OutputMetrics};
 use crate::record::{Event, Value};
 use compress::Compression;
-use key::KeyFormat;
+use key::{KeyFormat, SuffixAlphabet};
 use spool::{SealedChunk, Spool, UploadState};
 use store::{ErrorKind, Existing, ObjectStore, StoreError, StoreSpec};
 
@@ -78,8 +79,9 @@ impl BodyFormat {
 /// output spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeySuffix {
-    /// `s3`: `-object<8 random>`, unless the key format has `$UUID` or `$INDEX`.
-    S3Object,
+    /// `s3` and `gcs`: `-object<8 random>` (`s3`: letters and digits, `gcs`: hex), unless the
+    /// key format has `$UUID` or `$INDEX`.
+    Object(SuffixAlphabet),
     /// `azure_blob` block blobs: `.<random_len random>.<epoch ms><extension>` on every blob.
     AzureBlock {
         random_len: usize,
@@ -90,11 +92,11 @@ pub enum KeySuffix {
 impl KeySuffix {
     fn apply(self, key: &mut String, format: &KeyFormat) {
         match self {
-            KeySuffix::S3Object if !format.has_uuid_or_index() => {
+            KeySuffix::Object(alphabet) if !format.has_uuid_or_index() => {
                 key.push_str("-object");
-                key.push_str(&key::random_alnum(8));
+                key.push_str(&alphabet.random(8));
             }
-            KeySuffix::S3Object => {}
+            KeySuffix::Object(_) => {}
             KeySuffix::AzureBlock {
                 random_len,
                 extension,

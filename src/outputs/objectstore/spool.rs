@@ -135,6 +135,10 @@ pub struct UploadState {
     /// that block starts at.
     #[serde(default)]
     pub append_target: Option<AppendTarget>,
+    /// Compose append (GCS): the temporary object holding this chunk until it is composed into
+    /// the object at the key.
+    #[serde(default)]
+    pub component: Option<String>,
 }
 
 /// Where a chunk's blocks go in an append blob (see [`UploadState::append_target`]).

@@ -3,8 +3,8 @@
 //! where the service allows), [`ObjectStore::append`] (extend the object at a key, the static-key
 //! mode), [`ObjectStore::probe`] (destination and identity reachable) and
 //! [`ObjectStore::describe`] (destination and identity for logs, never secrets). Backends: a local
-//! directory (`local`, no cloud), S3 and S3-compatible stores (`s3`) and Azure Blob Storage
-//! (`azure`).
+//! directory (`local`, no cloud), S3 and S3-compatible stores (`s3`), Azure Blob Storage
+//! (`azure`) and Google Cloud Storage (`gcs`).
 //!
 //! Invariant 1 (no silent loss), kept by every backend: a write never replaces an object it did
 //! not mean to replace, and a retried or resumed write lands its body once. Progress that must
@@ -14,6 +14,7 @@
 //! the kind, never from the message text.
 
 pub mod azure;
+pub mod gcs;
 pub mod local;
 pub mod s3;
 
@@ -77,6 +78,7 @@ pub enum ObjectStore {
     Local(local::LocalDir),
     S3(s3::S3Store),
     Azure(azure::AzureStore),
+    Gcs(gcs::GcsStore),
 }
 
 impl ObjectStore {
@@ -86,6 +88,7 @@ impl ObjectStore {
             ObjectStore::Local(l) => format!("directory {}", l.root.display()),
             ObjectStore::S3(s) => s.describe(),
             ObjectStore::Azure(a) => a.describe(),
+            ObjectStore::Gcs(g) => g.describe(),
         }
     }
 
@@ -95,6 +98,7 @@ impl ObjectStore {
             ObjectStore::Local(l) => l.probe(),
             ObjectStore::S3(s) => s.probe().await,
             ObjectStore::Azure(a) => a.probe().await,
+            ObjectStore::Gcs(g) => g.probe().await,
         }
     }
 
@@ -111,6 +115,7 @@ impl ObjectStore {
             ObjectStore::Local(l) => l.put(key, body, existing),
             ObjectStore::S3(s) => s.put(key, body, existing, state, state_path).await,
             ObjectStore::Azure(a) => a.put(key, body, existing, state, state_path).await,
+            ObjectStore::Gcs(g) => g.put(key, body, existing, state, state_path).await,
         }
     }
 
@@ -126,6 +131,7 @@ impl ObjectStore {
             ObjectStore::Local(l) => l.append(key, body, state, state_path),
             ObjectStore::S3(s) => s.append(key, body, state, state_path).await,
             ObjectStore::Azure(a) => a.append(key, body, state, state_path).await,
+            ObjectStore::Gcs(g) => g.append(key, body, state, state_path).await,
         }
     }
 }
@@ -135,6 +141,7 @@ pub enum StoreSpec {
     Local(PathBuf),
     S3(s3::S3Spec),
     Azure(Box<azure::AzureSpec>),
+    Gcs(gcs::GcsSpec),
 }
 
 impl StoreSpec {
@@ -143,6 +150,7 @@ impl StoreSpec {
             StoreSpec::Local(root) => ObjectStore::Local(local::LocalDir { root }),
             StoreSpec::S3(spec) => ObjectStore::S3(spec.build().await),
             StoreSpec::Azure(spec) => ObjectStore::Azure(spec.build()),
+            StoreSpec::Gcs(spec) => ObjectStore::Gcs(spec.build().await),
         }
     }
 }
