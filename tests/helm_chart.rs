@@ -361,7 +361,20 @@ fn union_values_on_azure_and_gcp_carry_workload_identity() {
         &["data", "fluent-bit.conf"]
     )
     .contains("auth_type workload_identity"));
-    dry_run(&azure, &dir.path().join("azure"), &[]);
+    // What the workload-identity webhook injects into the labelled pod.
+    dry_run(
+        &azure,
+        &dir.path().join("azure"),
+        &[
+            ("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000000"),
+            ("AZURE_TENANT_ID", "11111111-1111-1111-1111-111111111111"),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "/var/run/secrets/azure/tokens/azure-identity-token",
+            ),
+            ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com/"),
+        ],
+    );
 
     let gcp = render(&[&example("union-values-gcp.yaml")], dir.path());
     validate(&gcp, dir.path());
