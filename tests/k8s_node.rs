@@ -8,14 +8,13 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::kube::{kmock, request as api};
 use common::node::{node_writer, Container};
 use common::peers::{self, Peers};
 use common::*;
@@ -24,47 +23,6 @@ use serde_json::{json, Value};
 const T: Duration = Duration::from_secs(120);
 /// Lines a kill can leave in flight (`Mem_Buf_Limit 5MB`, ~95-byte lines + record overhead).
 const IN_FLIGHT_LINES: usize = 5_000_000 / (95 + 320);
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kmock(p: &Peers) -> (Server, u16) {
-    let port = free_port();
-    let child = Command::new(p.var("PEERS_PYTHON"))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/peers/k8s_fake.py"
-        ))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server(child);
-    wait_until(Duration::from_secs(30), "kmock up", || {
-        http_get(port, "/api/v1/pods").is_some_and(|(s, _)| s == 200)
-    });
-    (server, port)
-}
-
-fn api(port: u16, method: &str, path: &str, body: &str) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    answer.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 fn create_pod(port: u16, pod: &str, containers: &[&str]) {
     let body = json!({
@@ -212,7 +170,7 @@ fn the_charts_config_ships_every_line_with_metadata_across_a_crash_and_a_reload(
         root.join("etc/parsers.conf"),
     )
     .unwrap();
-    let (_kmock, kube) = kmock(&p);
+    let (_kmock, kube) = kmock();
     create_pod(kube, "web-1", &["app", "proxy"]);
     create_pod(kube, "web-2", &["app"]);
     create_pod(kube, "batch-7", &["worker"]);

@@ -4,24 +4,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::kube::{kmock, request, Server};
 use common::peers::Peers;
 use common::*;
 use serde_json::{json, Value};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn python() -> String {
     Peers::get().var("PEERS_PYTHON").to_string()
@@ -29,36 +20,6 @@ fn python() -> String {
 
 fn script(name: &str) -> String {
     format!("{}/tests/peers/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// kmock on a free port, up.
-fn kmock() -> (Server, u16) {
-    let port = free_port();
-    let child = Command::new(python())
-        .arg(script("k8s_fake.py"))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server(child);
-    wait_until(Duration::from_secs(30), "kmock up", || {
-        http_get(port, "/api/v1/pods").is_some_and(|(s, _)| s == 200)
-    });
-    (server, port)
-}
-
-fn request(port: u16, method: &str, path: &str, body: &str) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    answer.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 fn pod(namespace: &str, name: &str, node: &str, annotations: Value) -> Value {

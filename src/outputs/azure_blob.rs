@@ -13,7 +13,6 @@
 //! `auth_type` also takes `workload_identity`, `managed_identity` and `default`; `https://` is
 //! used without `tls on`, and an endpoint's scheme decides.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
@@ -23,9 +22,7 @@ use super::objectstore::compress::Compression;
 use super::objectstore::key::{KeyFormat, KeyTime};
 use super::objectstore::store::azure::{AzureSpec, BlobType, APPEND_BLOCK_LIMIT, BLOCK_SIZE};
 use super::objectstore::store::StoreSpec;
-use super::objectstore::{
-    BodyFormat, KeySuffix, ObjectStoreOutput, SpoolDir, UploadSettings, DEFAULT_SPOOL_LIMIT,
-};
+use super::objectstore::{options, BodyFormat, KeySuffix, ObjectStoreOutput, UploadSettings};
 use super::Backoff;
 use crate::cloud::azure::{tls_config, AuthSpec, WorkloadSpec};
 use crate::config::{ConfigError, Props};
@@ -184,21 +181,9 @@ pub fn build(
         block_size,
         append_block_limit: append_block_limit as u64,
     }));
-    let sub = PathBuf::from(&account).join(&container);
-    let spool_dir = match p.str("store_dir").or(p.str("buffer_dir")) {
-        Some(d) => SpoolDir {
-            base: Some(PathBuf::from(d)),
-            sub,
-        },
-        None => SpoolDir {
-            base: storage_path.map(PathBuf::from),
-            sub: PathBuf::from(instance).join(sub),
-        },
-    };
-    let limit = match p.prop("store_dir_limit_size") {
-        Some(_) => p.size("store_dir_limit_size", DEFAULT_SPOOL_LIMIT)?,
-        None => p.size("storage.total_limit_size", DEFAULT_SPOOL_LIMIT)?,
-    };
+    let sub = format!("{account}/{container}");
+    let (spool_dir, limit) =
+        options::spool_with_alias(p, instance, storage_path, &sub, Some("buffer_dir"))?;
     // Fluent Bit options whose job the spool does (buffering, its database, its scheduler),
     // or that change nothing here.
     p.accept(&[

@@ -5,6 +5,7 @@
 pub mod azure;
 pub mod cloudwatch;
 pub mod gcs;
+pub mod kube;
 pub mod node;
 pub mod peers;
 

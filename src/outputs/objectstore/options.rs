@@ -43,7 +43,19 @@ pub fn spool(
     storage_path: Option<&str>,
     bucket: &str,
 ) -> Result<(SpoolDir, u64), ConfigError> {
-    let dir = match p.str("store_dir") {
+    spool_with_alias(p, instance, storage_path, bucket, None)
+}
+
+/// [`spool`], with `alias` read as `store_dir` when that is unset (`azure_blob`'s
+/// `buffer_dir`).
+pub fn spool_with_alias(
+    p: &Props,
+    instance: &str,
+    storage_path: Option<&str>,
+    bucket: &str,
+    alias: Option<&str>,
+) -> Result<(SpoolDir, u64), ConfigError> {
+    let dir = match p.str("store_dir").or_else(|| alias.and_then(|a| p.str(a))) {
         Some(d) => SpoolDir {
             base: Some(PathBuf::from(d)),
             sub: PathBuf::from(bucket),

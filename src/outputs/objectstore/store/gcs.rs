@@ -21,11 +21,12 @@
 
 use std::path::Path;
 
-use base64::Engine;
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use reqwest::StatusCode;
 
-use super::{display_chain, io_err, ErrorKind, Existing, StoreError};
+use super::{
+    display_chain, io_err, md5_base64, md5_file_base64, read_range, ErrorKind, Existing, StoreError,
+};
 use crate::cloud::gcp::GcpIdentity;
 use crate::outputs::objectstore::spool::UploadState;
 
@@ -140,36 +141,6 @@ fn error_fields(body: &[u8]) -> (String, String) {
         .to_string();
     let message = err["message"].as_str().unwrap_or_default().to_string();
     (reason, message)
-}
-
-fn md5_base64(bytes: &[u8]) -> String {
-    use md5::Digest;
-    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(bytes))
-}
-
-fn md5_file_base64(path: &Path) -> std::io::Result<String> {
-    use md5::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut hasher = md5::Md5::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(base64::engine::general_purpose::STANDARD.encode(hasher.finalize()))
-}
-
-fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path).map_err(|e| io_err("spool", e))?;
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact_at(&mut buf, offset)
-        .map_err(|e| io_err("spool", e))?;
-    Ok(buf)
 }
 
 /// Where a resumable session stands.

@@ -170,3 +170,38 @@ pub(crate) fn display_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// Base64 MD5 of a body (`Content-MD5`, GCS `md5Hash`).
+pub(crate) fn md5_base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    use md5::Digest;
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(bytes))
+}
+
+/// Base64 MD5 of a spool file, read in 256 KiB pieces.
+pub(crate) fn md5_file_base64(path: &Path) -> std::io::Result<String> {
+    use base64::Engine;
+    use md5::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = md5::Md5::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(hasher.finalize()))
+}
+
+/// `len` bytes of a spool file from `offset`.
+pub(crate) fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).map_err(|e| io_err("spool", e))?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, offset)
+        .map_err(|e| io_err("spool", e))?;
+    Ok(buf)
+}

@@ -11,7 +11,9 @@ use std::path::Path;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
-use super::{display_chain, io_err, ErrorKind, Existing, StoreError};
+use super::{
+    display_chain, io_err, md5_base64, md5_file_base64, read_range, ErrorKind, Existing, StoreError,
+};
 use crate::outputs::objectstore::spool::UploadState;
 
 /// S3's smallest multipart part (all but the last).
@@ -180,38 +182,6 @@ impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
     fn status_code(&self) -> u16 {
         self.status().as_u16()
     }
-}
-
-fn md5_base64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    use md5::Digest;
-    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(bytes))
-}
-
-fn md5_file_base64(path: &Path) -> std::io::Result<String> {
-    use base64::Engine;
-    use md5::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut hasher = md5::Md5::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(base64::engine::general_purpose::STANDARD.encode(hasher.finalize()))
-}
-
-fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path).map_err(|e| io_err("spool", e))?;
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact_at(&mut buf, offset)
-        .map_err(|e| io_err("spool", e))?;
-    Ok(buf)
 }
 
 /// ETag condition for a write: create only if absent, or replace only this version.
