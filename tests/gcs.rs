@@ -704,7 +704,9 @@ fn the_emulator_quickstart_ships_the_sample_logs() {
             .collect()
     };
     // A compose append deletes its temporary part object right after the compose.
-    wait_until(T, "one object per container, parts deleted", || names() == want);
+    wait_until(T, "one object per container, parts deleted", || {
+        names() == want
+    });
     let names = names();
     let body = download(emulator, &bucket, &names[0]).unwrap();
     assert!(body.starts_with(&[0x1f, 0x8b]), "gzip");

@@ -24,7 +24,7 @@ pub struct GcpIdentity {
     source: Source,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Source {
     /// A credentials file (its parsed JSON), and what named it.
     File {
@@ -39,7 +39,27 @@ enum Source {
     Anonymous,
 }
 
+/// By hand: a service-account file holds a private key, which must never be printed.
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File { path, named_by, .. } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("named_by", named_by)
+                .finish_non_exhaustive(),
+            Source::Default => f.write_str("Default"),
+            Source::Anonymous => f.write_str("Anonymous"),
+        }
+    }
+}
+
 impl GcpIdentity {
+    /// `auth_type none`: no token is ever sent.
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self.source, Source::Anonymous)
+    }
+
     /// `google_service_credentials`, else `GOOGLE_SERVICE_CREDENTIALS`, else ADC (which reads
     /// `GOOGLE_APPLICATION_CREDENTIALS` itself). A file named here must be readable JSON of a
     /// type this output uses, or the configuration is refused.

@@ -154,7 +154,8 @@ pub fn build(
         key: KeyFormat {
             format: key_format,
             delimiters: ".".into(),
-            time: KeyTime::FirstRecord,
+            // Fluent Bit fills `path`'s time fields at the upload (its flush), not from a record.
+            time: KeyTime::Upload,
         },
         key_suffix: KeySuffix::AzureBlock {
             random_len: random_len as usize,

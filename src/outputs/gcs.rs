@@ -21,6 +21,9 @@ use super::objectstore::store::gcs::{GcsSpec, ObjectOptions, CHUNK_GRANULE, DEFA
 use super::objectstore::store::StoreSpec;
 use super::objectstore::{options, BodyFormat, KeySuffix, ObjectStoreOutput, UploadSettings};
 use super::Backoff;
+
+/// The largest `upload_chunk_size`: a resumable request's body is read into memory.
+const MAX_CHUNK: u64 = 64 * 1024 * 1024;
 use crate::cloud::gcp::GcpIdentity;
 use crate::config::{ConfigError, Props};
 use crate::json::DateFormat;
@@ -53,10 +56,10 @@ pub fn build(
     }
     let chunk_size = p.size("upload_chunk_size", DEFAULT_CHUNK)?;
     if let Some(prop) = p.prop("upload_chunk_size") {
-        if chunk_size == 0 || chunk_size % CHUNK_GRANULE != 0 {
+        if chunk_size == 0 || chunk_size % CHUNK_GRANULE != 0 || chunk_size > MAX_CHUNK {
             return Err(ConfigError::key(
                 prop,
-                "upload_chunk_size must be a non-zero multiple of 262,144 bytes (256 KiB; note 256K = 256,000)",
+                "upload_chunk_size must be a non-zero multiple of 262,144 bytes (256 KiB; note 256K = 256,000), at most 64M (each request's body is held in memory)",
             ));
         }
     }
@@ -123,8 +126,25 @@ pub fn build(
             return Err(ConfigError::key(prop, "no PEM certificate in this file"));
         }
     }
+    let identity = GcpIdentity::from_props(p)?;
+    // A bearer token over plain http could be read on the way: only to this machine.
+    if let (Some(url), Some(prop)) = (&endpoint, p.prop("endpoint")) {
+        let host = url
+            .strip_prefix("http://")
+            .map(|rest| rest.split('/').next().unwrap_or_default());
+        let loopback = |h: &str| {
+            let name = h.rsplit_once(':').map_or(h, |(n, _)| n);
+            name == "localhost" || name.starts_with("127.") || name == "[::1]"
+        };
+        if host.is_some_and(|h| !loopback(h)) && !identity.is_anonymous() {
+            return Err(ConfigError::key(
+                prop,
+                "an http:// endpoint would send the access token unencrypted: use https://, a loopback emulator, or auth_type none",
+            ));
+        }
+    }
     let store = StoreSpec::Gcs(GcsSpec {
-        identity: GcpIdentity::from_props(p)?,
+        identity,
         endpoint,
         bucket: bucket.clone(),
         options: ObjectOptions {

@@ -437,20 +437,36 @@ impl AzureStore {
         }
     }
 
-    /// The append blob of `key` with room for `needed` more blocks: `<key>`, else `<key>.1`, …
-    /// (the first that is missing is created; an empty one takes any chunk). Returns its name
+    /// The append blob of `key` with room for `needed` more blocks: the latest of `<key>`,
+    /// `<key>.1`, …, else the next (created; an empty one takes any chunk). Returns its name
     /// and properties.
     async fn current_append_blob(
         &self,
         key: &str,
         needed: u64,
     ) -> Result<(String, BlobProps), StoreError> {
-        let mut generation = *self
+        let known = self
             .generations
             .lock()
             .expect("generations lock")
             .get(key)
-            .unwrap_or(&0);
+            .copied();
+        // Only ever forward: after a restart the latest generation is found on the server, so
+        // newer lines never go back into an older blob that still has room.
+        let mut generation = match known {
+            Some(g) => g,
+            None => {
+                let mut g = 0;
+                while self
+                    .head(&Self::generation_name(key, g + 1))
+                    .await?
+                    .is_some()
+                {
+                    g += 1;
+                }
+                g
+            }
+        };
         loop {
             let name = Self::generation_name(key, generation);
             let props = match self.head(&name).await? {
@@ -477,10 +493,14 @@ impl AzureStore {
             if props.committed_blocks == 0
                 || props.committed_blocks + needed <= self.append_block_limit
             {
-                self.generations
-                    .lock()
-                    .expect("generations lock")
-                    .insert(key.to_string(), generation);
+                // Kept only for keys past their first blob: the map stays as small as the
+                // number of rolled-over keys.
+                let mut generations = self.generations.lock().expect("generations lock");
+                if generation > 0 {
+                    generations.insert(key.to_string(), generation);
+                } else {
+                    generations.remove(key);
+                }
                 return Ok((name, props));
             }
             generation += 1;

@@ -223,10 +223,11 @@ impl GcsStore {
         what: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, StoreError> {
+        // Without the URL: a resumable session URI is a write capability.
         req.send().await.map_err(|e| {
             StoreError::new(
                 ErrorKind::Retryable,
-                format!("{what}: {}", display_chain(&e)),
+                format!("{what}: {}", display_chain(&e.without_url())),
             )
         })
     }
@@ -591,9 +592,14 @@ impl GcsStore {
             destination["contentEncoding"] = enc.into();
         }
         let generation = base.map_or("0", |b| b.generation.as_str());
+        let mut params = vec![("ifGenerationMatch", generation)];
+        // `canned_acl` on the object at the key, not only on the part composed into it.
+        if let Some(acl) = self.options.predefined_acl {
+            params.push(("destinationPredefinedAcl", acl));
+        }
         let req = client
             .post(format!("{}/compose", self.object_url(key)))
-            .query(&[("ifGenerationMatch", generation)])
+            .query(&params)
             .headers(auth)
             .json(&serde_json::json!({
                 "kind": "storage#composeRequest",
