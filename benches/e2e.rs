@@ -260,7 +260,7 @@ fn main() {
         let host = endpoint.trim_end_matches("/devstoreaccount1");
         cases.push((
             "tail→azure_blob gzip (Azurite)",
-            format!("azure_blob\n    account_name devstoreaccount1\n    shared_key Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==\n    container_name e2e-bench\n    blob_type blockblob\n    auto_create_container on\n    emulator_mode on\n    endpoint {host}\n    tls off\n    compress_blob on\n    store_dir {}\n    total_file_size 100M\n    upload_timeout 10m", dir.join("spool").display()),
+            format!("azure_blob\n    account_name devstoreaccount1\n    shared_key Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==\n    container_name e2e-bench\n    blob_type blockblob\n    auto_create_container on\n    emulator_mode on\n    endpoint {host}\n    tls off\n    compress_blob on\n    buffer_dir {}\n    upload_file_size 100M\n    upload_timeout 10m", dir.join("spool").display()),
             true,
             None,
         ));
