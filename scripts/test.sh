@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README, CI): format, lints, then unit and integration tests.
 # Integration tests run the real logferry binary against real peers on 127.0.0.1
-# (s3s-fs, moto, oauth2-mock-server), which tests/peers/peers.sh installs and starts.
+# (s3s-fs, moto, oauth2-mock-server, Azurite, gcp-storage-emulator, kmock) and checks the Helm
+# chart offline (helm-python-sdk, kubernetes-validate, hadolint), all installed and started by
+# tests/peers/peers.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --check
