@@ -389,11 +389,7 @@ impl UploadCtx {
         let state_path = chunk.state_path();
         let mut state = UploadState::load(&state_path);
         let body = chunk.body_path();
-        let save = |state: &UploadState| {
-            state
-                .save(&state_path)
-                .map_err(|e| store::io_err("saving upload state", e))
-        };
+        let save = |state: &UploadState| store::save_state(state, &state_path);
         let info = match state.body {
             Some(info) if body.exists() => info,
             _ => {

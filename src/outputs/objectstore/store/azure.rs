@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{io_err, ErrorKind, Existing, StoreError};
+use super::{body_size, io_err, save_state, ErrorKind, Existing, StoreError};
 use crate::cloud::azure::{self, Auth, AuthSpec};
 use crate::outputs::objectstore::spool::{AppendTarget, UploadState};
 
@@ -531,15 +531,8 @@ impl AzureStore {
         state: &mut UploadState,
         state_path: &Path,
     ) -> Result<(), StoreError> {
-        let size = tokio::fs::metadata(body)
-            .await
-            .map_err(|e| io_err("spool", e))?
-            .len();
-        let save = |state: &UploadState| {
-            state
-                .save(state_path)
-                .map_err(|e| io_err("saving upload state", e))
-        };
+        let size = body_size(body)?;
+        let save = |state: &UploadState| save_state(state, state_path);
         // A chunk goes whole into one blob when it fits (readers see whole lines per blob);
         // only a chunk larger than a whole blob's block limit is split across blobs.
         let (mut target, props) = match state.append_target.clone() {
@@ -662,15 +655,8 @@ impl AzureStore {
         state: &mut UploadState,
         state_path: &Path,
     ) -> Result<(), StoreError> {
-        let size = tokio::fs::metadata(body)
-            .await
-            .map_err(|e| io_err("spool", e))?
-            .len();
-        let save = |state: &UploadState| {
-            state
-                .save(state_path)
-                .map_err(|e| io_err("saving upload state", e))
-        };
+        let size = body_size(body)?;
+        let save = |state: &UploadState| save_state(state, state_path);
         let token = match &state.upload_id {
             Some(t) => t.clone(),
             None => {

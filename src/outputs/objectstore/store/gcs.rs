@@ -25,7 +25,8 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use reqwest::StatusCode;
 
 use super::{
-    display_chain, io_err, md5_base64, md5_file_base64, read_range, ErrorKind, Existing, StoreError,
+    body_size, display_chain, io_err, md5_base64, md5_file_base64, read_range, save_state,
+    ErrorKind, Existing, StoreError,
 };
 use crate::cloud::gcp::GcpIdentity;
 use crate::outputs::objectstore::spool::UploadState;
@@ -296,9 +297,7 @@ impl GcsStore {
         state: &mut UploadState,
         state_path: &Path,
     ) -> Result<(), StoreError> {
-        let size = std::fs::metadata(body)
-            .map_err(|e| io_err("spool", e))?
-            .len();
+        let size = body_size(body)?;
         let (result, md5) = if size > self.chunk_size || state.upload_id.is_some() {
             let path = body.to_path_buf();
             let md5 = tokio::task::spawn_blocking(move || md5_file_base64(&path))
@@ -408,9 +407,7 @@ impl GcsStore {
                     .start_session(&what, key, size, existing, marker)
                     .await?;
                 state.upload_id = Some(session.clone());
-                state
-                    .save(state_path)
-                    .map_err(|e| io_err("saving upload state", e))?;
+                save_state(state, state_path)?;
                 (session, 0)
             }
         };
@@ -631,9 +628,7 @@ impl GcsStore {
                     crate::outputs::objectstore::key::random_alnum(12)
                 );
                 state.component = Some(c.clone());
-                state
-                    .save(state_path)
-                    .map_err(|e| io_err("saving upload state", e))?;
+                save_state(state, state_path)?;
                 c
             }
         };

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{io_err, ErrorKind, Existing, StoreError};
+use super::{io_err, save_state, ErrorKind, Existing, StoreError};
 use crate::outputs::objectstore::spool::UploadState;
 
 /// `endpoint file:///dir`: objects are files under `dir` with the same keys and bodies. New
@@ -102,9 +102,7 @@ impl LocalDir {
             Some(_) => {}
             None => {
                 state.append_base = Some(len);
-                state
-                    .save(state_path)
-                    .map_err(|e| io_err("saving upload state", e))?;
+                save_state(state, state_path)?;
             }
         }
         let mut input = std::fs::File::open(body).map_err(|e| io_err("spool", e))?;

@@ -171,6 +171,20 @@ pub(crate) fn display_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Saves a chunk's upload progress (before the step it guards).
+pub(crate) fn save_state(state: &UploadState, path: &Path) -> Result<(), StoreError> {
+    state
+        .save(path)
+        .map_err(|e| io_err("saving upload state", e))
+}
+
+/// The size of a spooled body.
+pub(crate) fn body_size(body: &Path) -> Result<u64, StoreError> {
+    std::fs::metadata(body)
+        .map(|m| m.len())
+        .map_err(|e| io_err("spool", e))
+}
+
 /// Base64 MD5 of a body (`Content-MD5`, GCS `md5Hash`).
 pub(crate) fn md5_base64(bytes: &[u8]) -> String {
     use base64::Engine;

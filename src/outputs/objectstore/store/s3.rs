@@ -12,7 +12,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 use super::{
-    display_chain, io_err, md5_base64, md5_file_base64, read_range, ErrorKind, Existing, StoreError,
+    body_size, display_chain, io_err, md5_base64, md5_file_base64, read_range, save_state,
+    ErrorKind, Existing, StoreError,
 };
 use crate::outputs::objectstore::spool::UploadState;
 
@@ -224,9 +225,7 @@ impl S3Store {
         state: &mut UploadState,
         state_path: &Path,
     ) -> Result<(), StoreError> {
-        let size = std::fs::metadata(body)
-            .map_err(|e| io_err("spool", e))?
-            .len();
+        let size = body_size(body)?;
         let expect = (existing == Existing::Keep).then_some(Expect::Absent);
         if self.multipart && size > self.part_size {
             self.multipart(key, body, expect, state, state_path).await
@@ -308,12 +307,6 @@ impl S3Store {
         Ok(())
     }
 
-    fn save(state: &UploadState, state_path: &Path) -> Result<(), StoreError> {
-        state
-            .save(state_path)
-            .map_err(|e| io_err("saving upload state", e))
-    }
-
     /// Multipart upload of `body` in `part_size` parts, resuming from `state`. In append mode
     /// (`state.copied` set) the first parts copy the existing object server-side, in ranges of
     /// at most 5 GiB, and the upload completes only if the object is still the version copied.
@@ -327,9 +320,7 @@ impl S3Store {
         state_path: &Path,
     ) -> Result<(), StoreError> {
         let (o, part_size) = (&self.options, self.part_size);
-        let size = std::fs::metadata(body)
-            .map_err(|e| io_err("spool", e))?
-            .len();
+        let size = body_size(body)?;
         let upload_id = match &state.upload_id {
             Some(id) => {
                 tracing::info!(
@@ -361,7 +352,7 @@ impl S3Store {
                     .to_string();
                 state.upload_id = Some(id.clone());
                 state.parts.clear();
-                Self::save(state, state_path)?;
+                save_state(state, state_path)?;
                 id
             }
         };
@@ -405,7 +396,7 @@ impl S3Store {
                     .unwrap_or_default()
                     .to_string();
                 state.parts.push((number, etag));
-                Self::save(state, state_path)?;
+                save_state(state, state_path)?;
             }
         }
         let first_body_part = ranges.len() as i32 + 1;
@@ -450,7 +441,7 @@ impl S3Store {
             state
                 .parts
                 .push((number, out.e_tag().unwrap_or_default().to_string()));
-            Self::save(state, state_path)?;
+            save_state(state, state_path)?;
         }
         let mut completed: Vec<CompletedPart> = state
             .parts
@@ -563,7 +554,7 @@ impl S3Store {
             }
             Some((size, etag)) => {
                 state.copied = Some((etag, size));
-                Self::save(state, state_path)?;
+                save_state(state, state_path)?;
                 self.multipart(key, body, None, state, state_path).await
             }
         }
