@@ -254,19 +254,41 @@ fn the_charts_config_ships_every_line_with_metadata_across_a_crash_and_a_reload(
             })
             .collect()
     };
-    let mut polls = 0;
-    wait_until(T, "every line in persisted-logs/", || {
-        polls += 1;
-        polls % 50 == 1 && {
-            let distinct: std::collections::HashSet<String> = shipped()
-                .values()
-                .flatten()
-                .filter_map(|r| r["log"].as_str().map(str::to_string))
-                .collect();
-            distinct.len() >= total
+    // Waits for every line; on a timeout the checks below name what is missing, and the agents'
+    // logs are printed.
+    let start = std::time::Instant::now();
+    let arrived = loop {
+        let distinct: std::collections::HashSet<String> = shipped()
+            .values()
+            .flatten()
+            .filter_map(|r| r["log"].as_str().map(str::to_string))
+            .collect();
+        if distinct.len() >= total {
+            break true;
         }
-    });
-    std::thread::sleep(Duration::from_secs(3));
+        if start.elapsed() > T {
+            break false;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    if arrived {
+        std::thread::sleep(Duration::from_secs(3));
+    } else {
+        for entry in std::fs::read_dir(root).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "stderr") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                eprintln!("--- {}: warnings and errors", path.display());
+                for line in text
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .take(100)
+                {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
     let objects = shipped();
     let mut all_logs = Vec::new();
     for c in &containers {
