@@ -11,4 +11,4 @@ cargo clippy --all-targets -- -D warnings
 bash tests/peers/peers.sh install
 bash tests/peers/peers.sh start
 trap 'bash tests/peers/peers.sh stop' EXIT
-cargo test --lib --bins --tests
+cargo test --no-fail-fast --lib --bins --tests

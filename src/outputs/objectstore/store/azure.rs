@@ -23,9 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{body_size, io_err, save_state, ErrorKind, Existing, StoreError};
+use super::{body_size, save_state, ErrorKind, Existing, Payload, StoreError};
 use crate::cloud::azure::{self, Auth, AuthSpec};
 use crate::outputs::objectstore::spool::{AppendTarget, UploadState};
 
@@ -114,7 +113,7 @@ struct Call<'a> {
     blob: Option<&'a str>,
     query: Vec<(&'static str, String)>,
     headers: Vec<(String, String)>,
-    body: bytes::Bytes,
+    body: Payload,
 }
 
 impl<'a> Call<'a> {
@@ -124,7 +123,7 @@ impl<'a> Call<'a> {
             blob,
             query: Vec::new(),
             headers: Vec::new(),
-            body: bytes::Bytes::new(),
+            body: Payload::empty(),
         }
     }
     fn query(mut self, k: &'static str, v: impl Into<String>) -> Self {
@@ -135,7 +134,7 @@ impl<'a> Call<'a> {
         self.headers.push((k.to_string(), v.into()));
         self
     }
-    fn body(mut self, b: bytes::Bytes) -> Self {
+    fn body(mut self, b: Payload) -> Self {
         self.body = b;
         self
     }
@@ -255,7 +254,7 @@ impl AzureStore {
                     &full_path,
                     &query,
                     &headers,
-                    call.body.len() as u64,
+                    call.body.len(),
                 );
                 headers.push(("authorization".into(), signature));
             }
@@ -279,7 +278,7 @@ impl AzureStore {
             // The service wants Content-Length on every PUT, also an empty one.
             request = request
                 .header("content-length", call.body.len().to_string())
-                .body(call.body);
+                .body(call.body.into_body().await?);
         }
         // `without_url`: the URL carries the SAS token.
         let response = request.send().await.map_err(|e| {
@@ -508,20 +507,6 @@ impl AzureStore {
         }
     }
 
-    async fn read_block(body: &Path, offset: u64, len: u64) -> Result<bytes::Bytes, StoreError> {
-        let mut f = tokio::fs::File::open(body)
-            .await
-            .map_err(|e| io_err("spool", e))?;
-        f.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(|e| io_err("spool", e))?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact(&mut buf)
-            .await
-            .map_err(|e| io_err("spool", e))?;
-        Ok(buf.into())
-    }
-
     /// Appends the body at the end of the key's append blob (rolling over to the next
     /// generation at the block limit), each block exactly once.
     pub async fn append(
@@ -605,7 +590,7 @@ impl AzureStore {
                 continue;
             }
             let len = self.block_size.min(size - offset);
-            let block = Self::read_block(body, offset, len).await?;
+            let block = Payload::file(body, offset, len);
             let position = target.base + (offset - target.body_offset);
             let blob = target.blob.as_str();
             let make = || {
@@ -672,7 +657,7 @@ impl AzureStore {
                 continue;
             }
             let offset = index * self.block_size;
-            let block = Self::read_block(body, offset, self.block_size.min(size - offset)).await?;
+            let block = Payload::file(body, offset, self.block_size.min(size - offset));
             let id = Self::block_id(index);
             let make = || {
                 Call::new(reqwest::Method::PUT, Some(key))
@@ -691,7 +676,7 @@ impl AzureStore {
             list.push_str(&format!("<Latest>{}</Latest>", Self::block_id(index)));
         }
         list.push_str("</BlockList>");
-        let list = bytes::Bytes::from(list);
+        let list = Payload::Bytes(list.into());
         let make = || {
             let call = self.content_headers(
                 Call::new(reqwest::Method::PUT, Some(key))

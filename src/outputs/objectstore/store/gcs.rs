@@ -21,12 +21,12 @@
 
 use std::path::Path;
 
-use reqwest::header::{HeaderMap, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::StatusCode;
 
 use super::{
-    body_size, display_chain, io_err, md5_base64, md5_file_base64, read_range, save_state,
-    ErrorKind, Existing, StoreError,
+    body_size, display_chain, io_err, md5_file_base64, save_state, ErrorKind, Existing, Payload,
+    StoreError,
 };
 use crate::cloud::gcp::GcpIdentity;
 use crate::outputs::objectstore::spool::UploadState;
@@ -298,22 +298,17 @@ impl GcsStore {
         state_path: &Path,
     ) -> Result<(), StoreError> {
         let size = body_size(body)?;
-        let (result, md5) = if size > self.chunk_size || state.upload_id.is_some() {
-            let path = body.to_path_buf();
-            let md5 = tokio::task::spawn_blocking(move || md5_file_base64(&path))
+        let path = body.to_path_buf();
+        let md5 = tokio::task::spawn_blocking(move || md5_file_base64(&path, 0, size))
+            .await
+            .map_err(|e| StoreError::new(ErrorKind::Retryable, format!("hashing: {e}")))?
+            .map_err(|e| io_err("spool", e))?;
+        let result = if size > self.chunk_size || state.upload_id.is_some() {
+            self.resumable(key, body, size, &md5, existing, marker, state, state_path)
                 .await
-                .map_err(|e| StoreError::new(ErrorKind::Retryable, format!("hashing: {e}")))?
-                .map_err(|e| io_err("spool", e))?;
-            let result = self
-                .resumable(key, body, size, &md5, existing, marker, state, state_path)
-                .await;
-            (result, md5)
         } else {
-            let bytes = tokio::fs::read(body)
+            self.media(key, Payload::file(body, 0, size), &md5, existing)
                 .await
-                .map_err(|e| io_err("spool", e))?;
-            let md5 = md5_base64(&bytes);
-            (self.media(key, bytes, &md5, existing).await, md5)
         };
         match result {
             Err(e) if e.kind == ErrorKind::Conflict && existing == Existing::Keep => {
@@ -351,7 +346,7 @@ impl GcsStore {
     async fn media(
         &self,
         key: &str,
-        bytes: Vec<u8>,
+        body: Payload,
         md5: &str,
         existing: Existing,
     ) -> Result<(), StoreError> {
@@ -368,7 +363,8 @@ impl GcsStore {
             .query(&params)
             .headers(auth)
             .header(CONTENT_TYPE, &self.options.content_type)
-            .body(bytes);
+            .header(CONTENT_LENGTH, body.len())
+            .body(body.into_body().await?);
         if self.options.send_content_md5 {
             req = req.header("x-goog-hash", format!("md5={md5}"));
         }
@@ -413,7 +409,6 @@ impl GcsStore {
         };
         while offset < size {
             let len = self.chunk_size.min(size - offset);
-            let bytes = read_range(body, offset, len)?;
             let (client, auth) = self.client(&what).await?;
             let mut req = client
                 .put(&session)
@@ -422,7 +417,8 @@ impl GcsStore {
                     "content-range",
                     format!("bytes {offset}-{}/{size}", offset + len - 1),
                 )
-                .body(bytes);
+                .header(CONTENT_LENGTH, len)
+                .body(Payload::file(body, offset, len).into_body().await?);
             if self.options.send_content_md5 && offset + len == size {
                 req = req.header("x-goog-hash", format!("md5={md5}"));
             }

@@ -192,16 +192,18 @@ pub(crate) fn md5_base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(bytes))
 }
 
-/// Base64 MD5 of a spool file, read in 256 KiB pieces.
-pub(crate) fn md5_file_base64(path: &Path) -> std::io::Result<String> {
+/// Base64 MD5 of `len` bytes of a spool file from `offset`, read in 256 KiB pieces.
+pub(crate) fn md5_file_base64(path: &Path, offset: u64, len: u64) -> std::io::Result<String> {
     use base64::Engine;
     use md5::Digest;
-    use std::io::Read;
+    use std::io::{Read, Seek};
     let mut f = std::fs::File::open(path)?;
+    f.seek(std::io::SeekFrom::Start(offset))?;
+    let mut piece = f.take(len);
     let mut hasher = md5::Md5::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = piece.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -210,12 +212,56 @@ pub(crate) fn md5_file_base64(path: &Path) -> std::io::Result<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(hasher.finalize()))
 }
 
-/// `len` bytes of a spool file from `offset`.
-pub(crate) fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path).map_err(|e| io_err("spool", e))?;
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact_at(&mut buf, offset)
-        .map_err(|e| io_err("spool", e))?;
-    Ok(buf)
+/// What a request sends: bytes in memory (small: block lists, parts of a few KiB), or a range of
+/// a spool file streamed from disk, so a block or chunk of several MiB is never held whole in
+/// memory (bounded memory: RSS does not grow with `block_size` or `upload_chunk_size`).
+#[derive(Clone)]
+pub(crate) enum Payload {
+    Bytes(bytes::Bytes),
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl Payload {
+    pub(crate) fn empty() -> Self {
+        Payload::Bytes(bytes::Bytes::new())
+    }
+
+    /// `len` bytes of the spool file at `path` from `offset`.
+    pub(crate) fn file(path: &Path, offset: u64, len: u64) -> Self {
+        Payload::File {
+            path: path.to_path_buf(),
+            offset,
+            len,
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Payload::Bytes(b) => b.len() as u64,
+            Payload::File { len, .. } => *len,
+        }
+    }
+
+    /// The request body. The caller sets `Content-Length` from [`Payload::len`]: a streamed body
+    /// would otherwise go chunked, which the object stores refuse on uploads.
+    pub(crate) async fn into_body(self) -> Result<reqwest::Body, StoreError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        match self {
+            Payload::Bytes(b) => Ok(b.into()),
+            Payload::File { path, offset, len } => {
+                let mut f = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|e| io_err("spool", e))?;
+                f.seek(std::io::SeekFrom::Start(offset))
+                    .await
+                    .map_err(|e| io_err("spool", e))?;
+                let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 64 * 1024);
+                Ok(reqwest::Body::wrap_stream(stream))
+            }
+        }
+    }
 }

@@ -12,8 +12,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 use super::{
-    body_size, display_chain, io_err, md5_base64, md5_file_base64, read_range, save_state,
-    ErrorKind, Existing, StoreError,
+    body_size, display_chain, io_err, md5_base64, md5_file_base64, save_state, ErrorKind, Existing,
+    StoreError,
 };
 use crate::outputs::objectstore::spool::UploadState;
 
@@ -286,7 +286,9 @@ impl S3Store {
         if o.send_content_md5 {
             let digest = match &joined {
                 Some(bytes) => md5_base64(bytes),
-                None => md5_file_base64(body).map_err(|e| io_err("spool", e))?,
+                None => {
+                    md5_file_base64(body, 0, body_size(body)?).map_err(|e| io_err("spool", e))?
+                }
             };
             req = req.content_md5(digest);
         }
@@ -416,7 +418,9 @@ impl S3Store {
                 .upload_id(&upload_id)
                 .part_number(number);
             if o.send_content_md5 {
-                req = req.content_md5(md5_base64(&read_range(body, offset, len)?));
+                req = req.content_md5(
+                    md5_file_base64(body, offset, len).map_err(|e| io_err("spool", e))?,
+                );
             }
             // Streamed from the spool file: a part is never held in memory.
             let part = ByteStream::read_from()
