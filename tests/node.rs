@@ -513,3 +513,27 @@ fn fast_rotations_between_scans_are_caught_by_watching_the_pod_directories() {
     cs[0].write(100);
     assert_eq!(assert_complete(root, &cs), 0);
 }
+
+#[test]
+fn files_born_rotated_and_compressed_while_the_agent_is_starved_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut cs = vec![Container::new(root, "team-a", "web-1", "app")];
+    let cfg = node_config(root, "");
+    let agent = Agent::start_tailing(root, &cfg);
+    cs[0].write(1_000);
+    wait_until(T, "the first lines shipped", || {
+        shipped_count(root) >= 1_000
+    });
+    // The agent gets no CPU for a while (a frozen process sees no scan tick and no inotify
+    // event); meanwhile the kubelet rotates three times, so a file is born, rotated and
+    // compressed unseen: only its `.gz` copy is left when the agent runs again.
+    agent.freeze();
+    for _ in 0..3 {
+        cs[0].write(700);
+        cs[0].rotate();
+    }
+    cs[0].write(300);
+    agent.thaw();
+    assert_eq!(assert_complete(root, &cs), 0);
+}

@@ -440,7 +440,12 @@ pub fn offset_marker(file: &std::fs::File, offset: u64) -> Marker {
 pub fn head_hash(file: &std::fs::File) -> Option<u64> {
     let mut buf = [0u8; HEAD_WINDOW];
     file.read_exact_at(&mut buf, 0).ok()?;
-    Some(xxhash_rust::xxh3::xxh3_64(&buf))
+    Some(hash_head_bytes(&buf))
+}
+
+/// The [`head_hash`] of a file whose first bytes are `head`.
+pub fn hash_head_bytes(head: &[u8; HEAD_WINDOW]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(head)
 }
 
 /// Whether `file` (of `size` bytes) is the file `row` was written for: the same first bytes

@@ -107,11 +107,14 @@ impl TailState {
 
     /// Reads the siblings of a matched name that were never seen: changed since `since` (the
     /// previous scan; all of them when unknown), neither followed, closed (by identity or, from
-    /// the DB, by size and first and last bytes) nor parked. Compressed ones are decompressed
-    /// at start: the unread end of a `pending` row, or a whole file born while the agent was
-    /// down. While running, a compressed sibling is the compressor's copy of a file already
-    /// followed (the real directories are watched, so none is born unseen) and is skipped.
-    /// Used at start and whenever the file under a matched name changed between two scans.
+    /// the DB, by size and first and last bytes) nor parked. Compressed ones are decompressed:
+    /// the unread end of a `pending` row (at start), or a whole file born, rotated and
+    /// compressed while the agent was down, or while it ran but got no CPU for two rotations
+    /// (then neither a scan nor a watch event saw it). A compressed copy of a file followed,
+    /// parked, closed or seen next to the name (not read: it predates the name's first scan)
+    /// has that file's first bytes and is skipped. Plain siblings go first, so a copy whose
+    /// original is still there is known by it. Used at start and whenever the
+    /// file under a matched name changed between two scans.
     pub(super) fn adopt_siblings(
         &mut self,
         place: &Place,
@@ -119,6 +122,7 @@ impl TailState {
         pending: &mut Vec<FileRow>,
         closed: &[ClosedFile],
     ) -> anyhow::Result<()> {
+        let mut compressed = Vec::new();
         for (path, meta) in siblings(&place.dir, &place.prefix) {
             let id = identity(&meta);
             if self.files.contains_key(&id) || self.closed.contains(&id) || self.is_parked(id) {
@@ -129,16 +133,11 @@ impl TailState {
                 continue;
             };
             if is_compressed(&path, &file) {
-                if self.started {
-                    continue;
-                }
-                let owner_here = pending
-                    .iter()
-                    .any(|r| row_real_path(r).parent() == Some(place.dir.as_path()));
-                if changed_since_scan || owner_here {
-                    self.recover_compressed(&path, place, pending, closed, changed_since_scan)?;
-                }
+                compressed.push((path, changed_since_scan));
                 continue;
+            }
+            if let Some(name) = self.rotation_names.get_mut(&place.logical) {
+                name.saw(db::head_hash(&file));
             }
             let size = meta.len();
             if !changed_since_scan
@@ -157,7 +156,37 @@ impl TailState {
                 Start::New { offset: 0 },
             )?;
         }
+        for (path, changed_since_scan) in compressed {
+            let wanted = if self.started {
+                let head = compressed_head(&path);
+                changed_since_scan
+                    && !self.known_head(head, closed)
+                    && !self
+                        .rotation_names
+                        .get(&place.logical)
+                        .is_some_and(|n| n.has_seen(head))
+            } else {
+                changed_since_scan
+                    || pending
+                        .iter()
+                        .any(|r| row_real_path(r).parent() == Some(place.dir.as_path()))
+            };
+            if wanted {
+                self.recover_compressed(&path, place, pending, closed, changed_since_scan)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Whether a file with these first bytes is followed, parked or closed.
+    fn known_head(&self, head: Option<u64>, closed: &[ClosedFile]) -> bool {
+        head.is_some_and(|h| {
+            self.files
+                .values()
+                .any(|f| db::head_hash(&f.file) == Some(h))
+                || self.parked.iter().any(|p| p.head == Some(h))
+                || closed.iter().any(|c| c.head == Some(h))
+        })
     }
 
     /// Reopens a row's file found by inode in `dir`; false if it is not there.
@@ -234,8 +263,7 @@ impl TailState {
             };
             same_start && db::marker_matches(&d.file, row.offset, row.marker, size)
         });
-        let being_read =
-            head.is_some() && self.files.values().any(|f| db::head_hash(&f.file) == head);
+        let being_read = self.known_head(head, &[]);
         let (logical, start) = match owner {
             Some(i) => {
                 let row = pending.remove(i);
@@ -292,16 +320,9 @@ impl TailState {
         let Some(dir) = &self.recovered_dir else {
             return Ok(None);
         };
-        let compressed = std::fs::File::open(source)?;
-        let kind = Compressed::sniff(&compressed);
-        let input = std::io::BufReader::new(compressed);
-        let mut reader: Box<dyn std::io::Read> = match kind {
-            Some(Compressed::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(input)),
-            Some(Compressed::Zstd) => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
-            _ => {
-                tracing::warn!(input = %self.cfg.metrics.name, file = %source.display(), "compressed rotated file in a format logferry does not read (gzip and zstd are): skipped");
-                return Ok(None);
-            }
+        let Some(mut reader) = decoder(source)? else {
+            tracing::warn!(input = %self.cfg.metrics.name, file = %source.display(), "compressed rotated file in a format logferry does not read (gzip and zstd are): skipped");
+            return Ok(None);
         };
         std::fs::create_dir_all(dir)?;
         let name = source
@@ -349,6 +370,25 @@ impl TailState {
         }
         Ok(())
     }
+}
+
+/// A reader of the decompressed bytes of `source`; None for formats not read (xz, bzip2).
+fn decoder(source: &Path) -> std::io::Result<Option<Box<dyn std::io::Read>>> {
+    let compressed = std::fs::File::open(source)?;
+    let kind = Compressed::sniff(&compressed);
+    let input = std::io::BufReader::new(compressed);
+    Ok(match kind {
+        Some(Compressed::Gzip) => Some(Box::new(flate2::read::MultiGzDecoder::new(input))),
+        Some(Compressed::Zstd) => Some(Box::new(zstd::stream::read::Decoder::with_buffer(input)?)),
+        _ => None,
+    })
+}
+
+/// [`db::head_hash`] of a compressed file's decompressed bytes (only its start is decompressed).
+fn compressed_head(source: &Path) -> Option<u64> {
+    let mut head = [0u8; db::HEAD_WINDOW];
+    decoder(source).ok()??.read_exact(&mut head).ok()?;
+    Some(db::hash_head_bytes(&head))
 }
 
 /// Where a row's file was last known to be: logferry's `real_name`, else the matched name with

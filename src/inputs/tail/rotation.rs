@@ -24,18 +24,50 @@ pub(super) struct RotationName {
     /// The file found under it by the previous scan.
     last_id: Option<FileId>,
     last_matched: Instant,
+    /// First-bytes hashes of the plain siblings seen next to it (the newest
+    /// [`SEEN_HEADS`]): a compressed copy of one of them is not a file born unseen.
+    seen_heads: std::collections::VecDeque<u64>,
 }
 
+/// Plain siblings remembered per matched name: more than a rotation scheme keeps (the kubelet
+/// keeps 5).
+const SEEN_HEADS: usize = 32;
+
 impl RotationName {
-    /// The real directory and sibling prefix of a matched path (symlinks resolved).
+    /// The real directory and sibling prefix of a matched path (symlinks resolved), with the
+    /// plain siblings already there (not read: they predate the name's first scan).
     pub(super) fn resolve(path: &Path, id: FileId) -> Option<RotationName> {
         let real = std::fs::canonicalize(path).ok()?;
-        Some(RotationName {
+        let mut name = RotationName {
             dir: real.parent()?.to_path_buf(),
             prefix: format!("{}.", real.file_name()?.to_string_lossy()),
             last_id: Some(id),
             last_matched: Instant::now(),
-        })
+            seen_heads: Default::default(),
+        };
+        for (path, _) in siblings(&name.dir, &name.prefix) {
+            if let Ok(file) = std::fs::File::open(&path) {
+                if !is_compressed(&path, &file) {
+                    name.saw(db::head_hash(&file));
+                }
+            }
+        }
+        Some(name)
+    }
+
+    /// Remembers a plain sibling by its first bytes.
+    pub(super) fn saw(&mut self, head: Option<u64>) {
+        let Some(h) = head else { return };
+        if !self.seen_heads.contains(&h) {
+            if self.seen_heads.len() == SEEN_HEADS {
+                self.seen_heads.pop_front();
+            }
+            self.seen_heads.push_back(h);
+        }
+    }
+
+    pub(super) fn has_seen(&self, head: Option<u64>) -> bool {
+        head.is_some_and(|h| self.seen_heads.contains(&h))
     }
 }
 
@@ -49,7 +81,7 @@ pub(super) struct Parked {
     /// Acknowledged offset: reading resumes here, if the bytes before it are still `marker`.
     offset: u64,
     marker: Marker,
-    head: Option<u64>,
+    pub(super) head: Option<u64>,
     size: u64,
 }
 
