@@ -150,10 +150,11 @@ impl TailState {
         if db.as_ref().is_some_and(|d| d.moved_aside.is_some()) {
             cfg.metrics.db_resets.add(1);
         }
-        let recovered_dir = cfg
-            .db
-            .as_ref()
-            .map(|o| PathBuf::from(format!("{}.recovered", o.path.display())));
+        let recovered_dir = cfg.db.as_ref().map(|o| {
+            // Canonical, as the real paths of the files read from it are.
+            let db = std::fs::canonicalize(&o.path).unwrap_or_else(|_| o.path.clone());
+            PathBuf::from(format!("{}.recovered", db.display()))
+        });
         let (sender, signals) = mpsc::channel();
         let watcher = {
             use notify::event::{EventKind, ModifyKind};
@@ -248,7 +249,7 @@ impl TailState {
             let id = identity(&meta);
             seen.insert(id);
             if !self.rotation_names.contains_key(&path) {
-                if let Some(name) = RotationName::resolve(&path, id) {
+                if let Some(name) = RotationName::resolve(&path, id, !self.started) {
                     let dir = name.dir.clone();
                     self.rotation_names.insert(path.clone(), name);
                     self.watch(&dir);

@@ -158,13 +158,17 @@ impl TailState {
         }
         for (path, changed_since_scan) in compressed {
             let wanted = if self.started {
-                let head = compressed_head(&path);
-                changed_since_scan
-                    && !self.known_head(head, closed)
-                    && !self
-                        .rotation_names
-                        .get(&place.logical)
-                        .is_some_and(|n| n.has_seen(head))
+                // A copy shorter than the head window cannot be told from a short file read
+                // before: left alone (a file born, rotated and compressed unseen is far longer).
+                changed_since_scan && {
+                    let head = compressed_head(&path);
+                    head.is_some()
+                        && !self.known_head(head, closed)
+                        && !self
+                            .rotation_names
+                            .get(&place.logical)
+                            .is_some_and(|n| n.has_seen(head))
+                }
             } else {
                 changed_since_scan
                     || pending
@@ -176,6 +180,27 @@ impl TailState {
             }
         }
         Ok(())
+    }
+
+    /// A row whose file is gone (a parked file the kubelet compressed before its turn) is read
+    /// on from its compressed copy, found by its first bytes and its marker. False if none is.
+    pub(super) fn resume_from_compressed(&mut self, row: FileRow) -> anyhow::Result<bool> {
+        let real = row_real_path(&row);
+        let Some(place) = place_of_row(&row, &real) else {
+            return Ok(false);
+        };
+        let head = row.head;
+        let mut pending = vec![row];
+        for (path, _) in siblings(&place.dir, &place.prefix) {
+            let copy = std::fs::File::open(&path).is_ok_and(|f| is_compressed(&path, &f));
+            if copy && head.is_none_or(|h| compressed_head(&path) == Some(h)) {
+                self.recover_compressed(&path, &place, &mut pending, &[], false)?;
+                if pending.is_empty() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Whether a file with these first bytes is followed, parked or closed.
@@ -318,6 +343,7 @@ impl TailState {
     /// stream keeps what could be decompressed (logged). None for formats not read.
     fn decompress(&self, source: &Path) -> anyhow::Result<Option<Decompressed>> {
         let Some(dir) = &self.recovered_dir else {
+            tracing::warn!(input = %self.cfg.metrics.name, file = %source.display(), "a rotated file was compressed before logferry read it to its end; reading compressed copies needs an offsets DB (DB): what was not read of it is lost");
             return Ok(None);
         };
         let Some(mut reader) = decoder(source)? else {

@@ -34,21 +34,25 @@ pub(super) struct RotationName {
 const SEEN_HEADS: usize = 32;
 
 impl RotationName {
-    /// The real directory and sibling prefix of a matched path (symlinks resolved), with the
-    /// plain siblings already there (not read: they predate the name's first scan).
-    pub(super) fn resolve(path: &Path, id: FileId) -> Option<RotationName> {
+    /// The real directory and sibling prefix of a matched path (symlinks resolved). At the
+    /// first scan its plain siblings are remembered as seen (not read: they predate the agent).
+    /// A name first matched later counts as changed, so the next look for unseen rotations reads
+    /// siblings born since the previous scan (a new pod that rotated before it was scanned).
+    pub(super) fn resolve(path: &Path, id: FileId, first_scan: bool) -> Option<RotationName> {
         let real = std::fs::canonicalize(path).ok()?;
         let mut name = RotationName {
             dir: real.parent()?.to_path_buf(),
             prefix: format!("{}.", real.file_name()?.to_string_lossy()),
-            last_id: Some(id),
+            last_id: first_scan.then_some(id),
             last_matched: Instant::now(),
             seen_heads: Default::default(),
         };
-        for (path, _) in siblings(&name.dir, &name.prefix) {
-            if let Ok(file) = std::fs::File::open(&path) {
-                if !is_compressed(&path, &file) {
-                    name.saw(db::head_hash(&file));
+        if first_scan {
+            for (path, _) in siblings(&name.dir, &name.prefix) {
+                if let Ok(file) = std::fs::File::open(&path) {
+                    if !is_compressed(&path, &file) {
+                        name.saw(db::head_hash(&file));
+                    }
                 }
             }
         }
@@ -126,14 +130,19 @@ fn changed_at(m: &std::fs::Metadata) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().max(0) as u32)
 }
 
-/// Regular files in `dir` named `<prefix>*`, oldest change first.
+/// Regular files in `dir` named `<prefix>*`, oldest change first. A compressor's file being
+/// written (`*.tmp`, as the kubelet names it until it renames it to `.gz`) is not one.
 pub(super) fn siblings(dir: &Path, prefix: &str) -> Vec<(PathBuf, std::fs::Metadata)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut found: Vec<(PathBuf, std::fs::Metadata)> = entries
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(prefix) && !name.ends_with(".tmp")
+        })
         .filter_map(|e| std::fs::metadata(e.path()).ok().map(|m| (e.path(), m)))
         .filter(|(_, m)| m.is_file())
         .collect();
@@ -239,6 +248,11 @@ impl TailState {
         for id in closable {
             let f = self.files.remove(&id).expect("listed");
             self.order.retain(|o| *o != id);
+            // Its compressed copy, made later, is then known as read (with or without the DB's
+            // record of closed files, which is kept 7 days).
+            if let Some(name) = self.rotation_names.get_mut(&f.path) {
+                name.saw(db::head_hash(&f.file));
+            }
             self.closed.push_back(id);
             if self.closed.len() > 4096 {
                 self.closed.pop_front();
@@ -337,9 +351,23 @@ impl TailState {
                     && db::marker_matches(file, p.offset, p.marker, meta.len())
             });
         let Some((real, file, meta)) = found else {
+            if let Some(row) = p.db_row {
+                let row = db::FileRow {
+                    id: row,
+                    name: p.path.to_string_lossy().into_owned(),
+                    real_name: Some(p.real_path.to_string_lossy().into_owned()),
+                    offset: p.offset,
+                    inode: p.id.1,
+                    marker: p.marker,
+                    head: p.head,
+                };
+                if self.resume_from_compressed(row)? {
+                    return Ok(());
+                }
+            }
             let lost = p.size.saturating_sub(p.offset);
             self.cfg.metrics.rotated_lost_bytes.add(lost);
-            tracing::warn!(input = %self.cfg.metrics.name, file = %p.real_path.display(), lost_bytes = lost, "a rotated file closed at Rotated_Files_Max was deleted before its turn: its unread bytes are lost");
+            tracing::warn!(input = %self.cfg.metrics.name, file = %p.real_path.display(), lost_bytes = lost, "a rotated file closed at Rotated_Files_Max was deleted before its turn (no compressed copy of it found): its unread bytes are lost");
             if let (Some(db), Some(row)) = (&self.db, p.db_row) {
                 db.delete(row)?;
             }
