@@ -514,43 +514,40 @@ fn fast_rotations_between_scans_are_caught_by_watching_the_pod_directories() {
     assert_eq!(assert_complete(root, &cs), 0);
 }
 
-#[test]
-fn files_born_rotated_and_compressed_while_the_agent_is_starved_are_read() {
+/// A node with one container whose first lines were shipped, and its agent frozen (SIGSTOP):
+/// it gets no CPU, so it sees no scan tick and no inotify event until it is thawed.
+fn frozen_node(extra: &str) -> (tempfile::TempDir, Vec<Container>, Agent) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let mut cs = vec![Container::new(root, "team-a", "web-1", "app")];
-    let cfg = node_config(root, "");
+    let cfg = node_config(root, extra);
     let agent = Agent::start_tailing(root, &cfg);
-    cs[0].write(1_000);
-    wait_until(T, "the first lines shipped", || {
-        shipped_count(root) >= 1_000
-    });
-    // The agent gets no CPU for a while (a frozen process sees no scan tick and no inotify
-    // event); meanwhile the kubelet rotates three times, so a file is born, rotated and
-    // compressed unseen: only its `.gz` copy is left when the agent runs again.
+    cs[0].write(100);
+    wait_until(T, "the first lines shipped", || shipped_count(root) >= 100);
     agent.freeze();
+    (dir, cs, agent)
+}
+
+#[test]
+fn files_born_rotated_and_compressed_while_the_agent_is_starved_are_read() {
+    // Meanwhile the kubelet rotates three times, so a file is born, rotated and compressed
+    // unseen: only its `.gz` copy is left when the agent runs again.
+    let (dir, mut cs, agent) = frozen_node("");
     for _ in 0..3 {
         cs[0].write(700);
         cs[0].rotate();
     }
     cs[0].write(300);
     agent.thaw();
-    assert_eq!(assert_complete(root, &cs), 0);
+    assert_eq!(assert_complete(dir.path(), &cs), 0);
 }
 
 #[test]
 fn a_parked_rotated_file_compressed_before_its_turn_is_read_from_the_copy() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let mut cs = vec![Container::new(root, "team-a", "web-1", "app")];
-    // One rotated file open at a time: the others wait their turn, parked.
-    let cfg = node_config(root, "    Rotated_Files_Max 1\n");
-    let agent = Agent::start_tailing(root, &cfg);
-    cs[0].write(100);
-    wait_until(T, "the first lines shipped", || shipped_count(root) >= 100);
-    // While the agent is frozen, two rotated files pile up unread; once it runs, one is read
-    // and the other parked, and the kubelet compresses that one before its turn.
-    agent.freeze();
+    // One rotated file open at a time: the others wait their turn, parked. While the agent is
+    // frozen, two rotated files pile up unread; once it runs, one is read and the other
+    // parked, and the kubelet compresses that one before its turn.
+    let (dir, mut cs, agent) = frozen_node("    Rotated_Files_Max 1\n");
     cs[0].write(60_000);
     cs[0].rotate();
     cs[0].write(60_000);
@@ -567,7 +564,7 @@ fn a_parked_rotated_file_compressed_before_its_turn_is_read_from_the_copy() {
     }
     cs[0].rotate();
     cs[0].write(100);
-    assert_eq!(assert_complete(root, &cs), 0);
+    assert_eq!(assert_complete(dir.path(), &cs), 0);
     assert!(
         !agent.log_text().contains("unread bytes are lost"),
         "{}",
@@ -577,14 +574,8 @@ fn a_parked_rotated_file_compressed_before_its_turn_is_read_from_the_copy() {
 
 #[test]
 fn a_pod_born_and_rotated_twice_while_the_agent_is_starved_is_read_whole() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, mut cs, agent) = frozen_node("");
     let root = dir.path();
-    let mut cs = vec![Container::new(root, "team-a", "web-1", "app")];
-    let cfg = node_config(root, "");
-    let agent = Agent::start_tailing(root, &cfg);
-    cs[0].write(100);
-    wait_until(T, "the first lines shipped", || shipped_count(root) >= 100);
-    agent.freeze();
     let mut born = Container::new(root, "team-a", "web-9", "app");
     for _ in 0..2 {
         born.write(500);
