@@ -22,7 +22,8 @@ use super::objectstore::store::StoreSpec;
 use super::objectstore::{options, BodyFormat, KeySuffix, ObjectStoreOutput, UploadSettings};
 use super::Backoff;
 
-/// The largest `upload_chunk_size`: a resumable request's body is read into memory.
+/// The largest `upload_chunk_size`: a request that fails is sent again whole, so a chunk bounds
+/// what a retry resends (bodies are streamed from the spool file, not held in memory).
 const MAX_CHUNK: u64 = 64 * 1024 * 1024;
 use crate::cloud::gcp::GcpIdentity;
 use crate::config::{ConfigError, Props};
@@ -59,7 +60,7 @@ pub fn build(
         if chunk_size == 0 || chunk_size % CHUNK_GRANULE != 0 || chunk_size > MAX_CHUNK {
             return Err(ConfigError::key(
                 prop,
-                "upload_chunk_size must be a non-zero multiple of 262,144 bytes (256 KiB; note 256K = 256,000), at most 64M (each request's body is held in memory)",
+                "upload_chunk_size must be a non-zero multiple of 262,144 bytes (256 KiB; note 256K = 256,000), at most 64M (a failed request is sent again whole)",
             ));
         }
     }
