@@ -237,7 +237,8 @@ pub fn spooled_lines(open_dir: &Path) -> usize {
 }
 
 /// The `log` values of an object body: JSON Lines, plain or as gzip members / zstd frames
-/// (sniffed by magic bytes).
+/// (sniffed by magic bytes). A local-directory object read while an append is being written
+/// ends in a partial line: only whole lines count.
 pub fn object_logs(body: &[u8]) -> Vec<String> {
     use std::io::Read;
     let text = if body.starts_with(&[0x1f, 0x8b]) {
@@ -249,7 +250,8 @@ pub fn object_logs(body: &[u8]) -> Vec<String> {
     } else if body.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         String::from_utf8(zstd::stream::decode_all(body).unwrap()).unwrap()
     } else {
-        String::from_utf8(body.to_vec()).unwrap()
+        let whole = body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        String::from_utf8(body[..whole].to_vec()).unwrap()
     };
     text.lines()
         .map(|l| {
