@@ -162,12 +162,14 @@ impl TailState {
                 // before: left alone (a file born, rotated and compressed unseen is far longer).
                 changed_since_scan && {
                     let head = compressed_head(&path);
+                    // The name's own memory first: it answers for the usual copy (of a file
+                    // closed here) without reading the head of every followed file.
                     head.is_some()
-                        && !self.known_head(head, closed)
                         && !self
                             .rotation_names
                             .get(&place.logical)
                             .is_some_and(|n| n.has_seen(head))
+                        && !self.known_head(head, closed)
                 }
             } else {
                 changed_since_scan

@@ -248,10 +248,11 @@ impl TailState {
         for id in closable {
             let f = self.files.remove(&id).expect("listed");
             self.order.retain(|o| *o != id);
+            let head = db::head_hash(&f.file);
             // Its compressed copy, made later, is then known as read (with or without the DB's
             // record of closed files, which is kept 7 days).
             if let Some(name) = self.rotation_names.get_mut(&f.path) {
-                name.saw(db::head_hash(&f.file));
+                name.saw(head);
             }
             self.closed.push_back(id);
             if self.closed.len() > 4096 {
@@ -264,7 +265,7 @@ impl TailState {
                         inode: id.1,
                         size: f.pos,
                         end: db::offset_marker(&f.file, f.pos),
-                        head: db::head_hash(&f.file),
+                        head,
                     },
                 )?;
             }
